@@ -1,0 +1,317 @@
+"""Carry out a plan: phases in order, operations in parallel inside a phase.
+
+Safety rules: a failure stops new work while running work finishes; the state
+records intent before uploads (so anything that lands is known as managed even if
+we die) and what landed after, saved in batches; every step is idempotent by uid,
+so re-running after any interruption converges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.model import Box, RemoteSample, TrainRequest, UploadItem
+from reconciler.plan import OP_ORDER, Operation, Plan
+from reconciler.providers.base import ProviderError
+from reconciler.refresh import Refreshed
+from reconciler.sources import is_url
+from reconciler.state import ModelState, State, save_state
+from reconciler.workspace import Workspace
+
+SAVE_EVERY_SECONDS = 2.0
+SAVE_EVERY_OPS = 2000
+
+
+class Reporter:
+    """Progress sink; the CLI provides a rich or plain implementation."""
+
+    def phase(self, name: str, total: int) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def message(self, text: str) -> None: ...
+    def done(self) -> None: ...
+
+
+@dataclass
+class ApplyResult:
+    done: Counter = field(default_factory=Counter)
+    failures: list[tuple[Operation, str]] = field(default_factory=list)
+    skipped: int = 0
+    versions: list[tuple[str, str]] = field(default_factory=list)  # (model, version)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class SourceChanged(Exception):
+    pass
+
+
+class Applier:
+    def __init__(
+        self,
+        ws: Workspace,
+        state: State,
+        refreshed: Refreshed,
+        *,
+        parallelism: int = 10,
+        reporter: Reporter | None = None,
+        training_timeout: float = 3600.0,
+    ):
+        self.ws = ws
+        self.state = state
+        self.refreshed = refreshed
+        self.parallelism = max(1, parallelism)
+        self.reporter = reporter or Reporter()
+        self.training_timeout = training_timeout
+        self.result = ApplyResult()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._unsaved = 0
+        self._last_save = time.monotonic()
+        self._remote_ids: dict[str, str] = {}
+        for key in list(refreshed.remotes) + list(refreshed.orphans):
+            rid = refreshed.remote_id(key)
+            if rid:
+                self._remote_ids[key] = rid
+        self._url_cache = None
+
+    # -- driver ------------------------------------------------------------------
+    def run(self, plan: Plan) -> ApplyResult:
+        by_phase: dict[str, list[Operation]] = {name: [] for name in OP_ORDER}
+        for op in plan.operations:
+            by_phase[op.op].append(op)
+        try:
+            for name in OP_ORDER:
+                ops = by_phase[name]
+                if not ops:
+                    continue
+                if self._stop.is_set():
+                    self.result.skipped += len(ops)
+                    continue
+                if name == "upload_sample":
+                    self._record_intent(ops)
+                self.reporter.phase(name, len(ops))
+                handler: Callable[[Operation], None] = getattr(self, f"_do_{name}")
+                self._run_phase(handler, ops)
+        finally:
+            self._save(force=True)
+            self.reporter.done()
+        return self.result
+
+    def _run_phase(self, handler: Callable[[Operation], None], ops: list[Operation]) -> None:
+        def task(op: Operation) -> None:
+            if self._stop.is_set():
+                with self._lock:
+                    self.result.skipped += 1
+                return
+            try:
+                handler(op)
+            except (ProviderError, SourceChanged, OSError) as exc:
+                self._fail(op, str(exc))
+                return
+            except Exception as exc:  # a bug must not lose the record of what landed
+                self._fail(op, f"{type(exc).__name__}: {exc}")
+                return
+            with self._lock:
+                self.result.done[op.op] += 1
+            self.reporter.advance()
+            self._save()
+
+        if len(ops) == 1 or self.parallelism == 1:
+            for op in ops:
+                task(op)
+            return
+        with ThreadPoolExecutor(max_workers=self.parallelism) as pool:
+            for _ in pool.map(task, ops):
+                pass
+
+    def _fail(self, op: Operation, message: str) -> None:
+        with self._lock:
+            self.result.failures.append((op, message))
+        self._stop.set()
+
+    def _save(self, force: bool = False) -> None:
+        with self._lock:
+            self._unsaved += 1
+            due = self._unsaved >= SAVE_EVERY_OPS or time.monotonic() - self._last_save >= SAVE_EVERY_SECONDS
+            if not (force or due):
+                return
+            save_state(self.ws.project_dir, self.state)
+            self._unsaved = 0
+            self._last_save = time.monotonic()
+
+    def _model_state(self, op: Operation) -> ModelState:
+        mstate = self.state.models.get(op.model)
+        if mstate is None:
+            desired_provider = op.provider or self.ws.spec.provider_for(op.model)[0]
+            mstate = ModelState(
+                provider=desired_provider,
+                provider_type=self.ws.spec.providers[desired_provider].type,
+                title=op.title or self.ws.spec.models[op.model].title or op.model,
+                remote_id=self._remote_ids[op.model],
+            )
+            self.state.models[op.model] = mstate
+        return mstate
+
+    def _provider(self, op: Operation):
+        if op.model in self.ws.spec.models:
+            return self.ws.provider_for_model(op.model)
+        return self.ws.provider(op.provider or self.state.models[op.model].provider)
+
+    # -- intent ------------------------------------------------------------------
+    def _record_intent(self, ops: list[Operation]) -> None:
+        """Before uploading, write which uids we are about to send: if we die mid-way, what
+        landed is still known as ours (managed) on the next run."""
+        with self._lock:
+            for op in ops:
+                if op.model not in self._remote_ids:
+                    continue
+                mstate = self._model_state(op)
+                entry = mstate.samples.get(op.uid or "")
+                if entry is None or entry.get("pending"):
+                    mstate.samples[op.uid] = {"class": op.class_name, "digest": op.digest, "pending": True}
+            save_state(self.ws.project_dir, self.state)
+            self._last_save = time.monotonic()
+
+    # -- operations ----------------------------------------------------------------
+    def _do_create_model(self, op: Operation) -> None:
+        model = self.ws.spec.models[op.model]
+        rid = self._provider(op).create_model(
+            op.title or op.model, op.type or model.type, op.purpose or model.purpose, tuple(op.tags or ())
+        )
+        with self._lock:
+            self._remote_ids[op.model] = rid
+            self.state.models[op.model] = ModelState(
+                provider=op.provider or self.ws.spec.provider_for(op.model)[0],
+                provider_type=self.ws.spec.providers[op.provider or self.ws.spec.provider_for(op.model)[0]].type,
+                title=op.title or op.model,
+                remote_id=rid,
+                prevent_destroy=model.lifecycle.prevent_destroy,
+            )
+        self._save(force=True)  # a created model must never be forgotten
+
+    def _do_delete_model(self, op: Operation) -> None:
+        self._provider(op).delete_model(op.remote_id or self._remote_ids[op.model])
+        with self._lock:
+            mstate = self.state.models.get(op.model)
+            if mstate is not None and (op.remote_id is None or mstate.remote_id == op.remote_id):
+                del self.state.models[op.model]
+        self._save(force=True)
+
+    def _do_delete_sample(self, op: Operation) -> None:
+        sample = RemoteSample(remote_id=op.remote_id or "", uid=op.uid, class_name=op.class_name or "")
+        self._provider(op).delete_sample(self._remote_ids[op.model], sample)
+        with self._lock:
+            mstate = self.state.models.get(op.model)
+            if mstate is not None and op.uid in mstate.samples:
+                entry = mstate.samples[op.uid]
+                if entry.get("remote_id") in (None, op.remote_id) or entry.get("class") == op.class_name:
+                    del mstate.samples[op.uid]
+
+    def _do_delete_class(self, op: Operation) -> None:
+        self._provider(op).delete_class(self._remote_ids[op.model], op.class_name or "", op.remote_id or "")
+        with self._lock:
+            mstate = self.state.models.get(op.model)
+            if mstate is not None:
+                for uid in [u for u, v in mstate.samples.items() if v.get("class") == op.class_name]:
+                    del mstate.samples[uid]
+
+    def _do_upload_sample(self, op: Operation) -> None:
+        item = UploadItem(
+            uid=op.uid or "",
+            class_name=op.class_name or "",
+            digest=op.digest or "",
+            size=op.size or 0,
+            filename=Path(op.source or "sample").name,
+            read=lambda: self._read_source(op),
+            url=op.source if op.source and is_url(op.source) else None,
+            caption=op.caption,
+            boxes=tuple(Box(**b) for b in (op.boxes or ())),
+        )
+        remote_sample_id = self._provider(op).upload_sample(self._remote_ids[op.model], item)
+        with self._lock:
+            mstate = self._model_state(op)
+            entry: dict[str, Any] = {"class": op.class_name, "digest": op.digest}
+            if remote_sample_id is not None:
+                entry["remote_id"] = str(remote_sample_id)
+            mstate.samples[op.uid or ""] = entry
+
+    def _do_update_sample(self, op: Operation) -> None:
+        sample = RemoteSample(remote_id=op.remote_id or "", uid=op.uid, class_name=op.class_name or "")
+        boxes = tuple(Box(**b) for b in (op.boxes or ()))
+        self._provider(op).update_sample(self._remote_ids[op.model], sample, op.caption, boxes)
+
+    def _do_configure(self, op: Operation) -> None:
+        self._provider(op).configure(self._remote_ids[op.model], dict(op.config or {}))
+
+    def _do_train(self, op: Operation) -> None:
+        provider = self._provider(op)
+        remote_id = self._remote_ids[op.model]
+        request = TrainRequest(
+            model_type=op.model_type or "small",
+            base=op.base,
+            config=dict(op.config or {}),
+            dataset_digest=op.dataset_digest or "",
+            config_digest=op.config_digest or "",
+            save_name=None,
+        )
+        handle = provider.start_training(remote_id, request)
+        with self._lock:
+            self._model_state(op).training_handle = handle
+        self._save(force=True)
+        self.reporter.message(f"training {op.model}…")
+        deadline = time.monotonic() + self.training_timeout
+        interval = getattr(provider, "poll_interval", 1.0)
+        last_report = -1.0
+        while True:
+            status = provider.training_status(remote_id, handle)
+            if status.done:
+                break
+            if status.progress is not None and status.progress - last_report >= 0.1:
+                last_report = status.progress
+                self.reporter.message(f"training {op.model}: {status.state} {status.progress:.0%}")
+            if time.monotonic() > deadline:
+                raise ProviderError(f"train {op.model}: no result after {self.training_timeout:.0f} s")
+            time.sleep(interval)
+        with self._lock:
+            self._model_state(op).training_handle = None
+        if status.state != "trained" or status.version is None:
+            raise ProviderError(f"train {op.model}: {status.state}: {status.error or 'no version produced'}")
+        v = status.version
+        record = {
+            "version": v.version,
+            "dataset_digest": v.dataset_digest or op.dataset_digest,
+            "config_digest": v.config_digest or op.config_digest,
+            "config": dict(op.config or {}),
+            "trained_at": v.trained_at,
+            "metrics": v.metrics,
+        }
+        with self._lock:
+            mstate = self._model_state(op)
+            mstate.versions.insert(0, record)
+            self.result.versions.append((op.model, v.version))
+
+    # -- bytes ---------------------------------------------------------------------
+    def _read_source(self, op: Operation) -> bytes:
+        source = op.source or ""
+        if is_url(source):
+            from reconciler.fetch import UrlCache
+
+            if self._url_cache is None:
+                self._url_cache = UrlCache(self.ws.project_dir / ".modelsync" / "cache" / "urls")
+            return self._url_cache.read(source, op.digest or "")
+        path = self.ws.project_dir / source
+        data = path.read_bytes()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if op.digest and digest != op.digest:
+            raise SourceChanged(f"{source}: changed since the plan was made; run plan again")
+        return data

@@ -1,0 +1,438 @@
+"""The `modelsync` command line. Thin: parse, call the engine, print, choose the exit code.
+
+Exit codes (DESIGN.md): 0 ok, 1 error, 2 changes/drift (plan --detailed-exitcode, status).
+Errors are one line each on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from reconciler.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Declare custom-model training data in YAML; plan and apply it to training services.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+TargetOpt = Annotated[list[str] | None, typer.Option("--target", help="Limit to this model (repeatable).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _ws(ctx: typer.Context):
+    from reconciler.workspace import Workspace
+
+    if ctx.obj is None:
+        ctx.obj = Workspace(Path(ctx.parent.params.get("directory") or "."), ctx.parent.params.get("file"))
+    return ctx.obj
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    directory: Annotated[Path, typer.Option("-C", help="Run as if started in DIR.", metavar="DIR")] = Path("."),
+    file: Annotated[str, typer.Option("-f", help="The spec file.", metavar="SPEC")] = "modelsync.yaml",
+) -> None:
+    if not directory.is_dir():
+        raise UserError(f"-C: no such directory: {directory}")
+
+
+def _stdout():
+    from reconciler.render import console
+
+    return console()
+
+
+def _stderr():
+    from reconciler.render import console
+
+    return console(stderr=True)
+
+
+def _targets(target: list[str] | None) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(target or ()))
+
+
+# --------------------------------------------------------------------------- validate / schema
+
+
+@app.command()
+def validate(ctx: typer.Context) -> None:
+    """Check the spec: schema, semantics, provider capabilities. No network, no remote call."""
+    from reconciler.engine import check_spec
+
+    ws = _ws(ctx)
+    check_spec(ws)
+    n = len(ws.spec.models)
+    print(f"{ws.spec_path.name}: valid ({n} model{'s' if n != 1 else ''}).")
+
+
+@app.command()
+def schema() -> None:
+    """Print the spec's JSON Schema (for editors)."""
+    from specs import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
+# --------------------------------------------------------------------------- plan / apply / destroy
+
+
+def _progress_printer(json_mode: bool):
+    if json_mode:
+        return None
+    err = _stderr()
+    return lambda text: err.print(f"[dim]{text}…[/dim]")
+
+
+@app.command()
+def plan(
+    ctx: typer.Context,
+    json_out: JsonOpt = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Save the plan to FILE for apply.")] = None,
+    detailed_exitcode: Annotated[
+        bool, typer.Option("--detailed-exitcode", help="Exit 2 when there are changes.")
+    ] = False,
+    target: TargetOpt = None,
+    locked: Annotated[bool, typer.Option("--locked", help="Fail if a source differs from modelsync.lock.")] = False,
+) -> None:
+    """Refresh the remote, diff it against the spec, and show the plan."""
+    from reconciler.engine import compute_plan
+    from reconciler.render import render_plan
+
+    ws = _ws(ctx)
+    try:
+        planned = compute_plan(ws, _targets(target), locked=locked, progress=_progress_printer(json_out))
+    finally:
+        ws.close()
+    p = planned.plan
+    if out is not None:
+        from reconciler.atomic import write_atomic
+
+        write_atomic(out, (json.dumps(p.to_json(), indent=1) + "\n").encode())
+    if json_out:
+        print(json.dumps(p.to_json(), indent=2))
+    else:
+        render_plan(p, _stdout())
+        if out is not None:
+            print(f"\nSaved the plan to {out}. Apply it with: modelsync apply {out}")
+    if p.errors:
+        raise UserError(*p.errors)
+    if detailed_exitcode and p.changes:
+        raise typer.Exit(2)
+
+
+def _confirm(what: str, auto_approve: bool) -> None:
+    if auto_approve:
+        return
+    if not sys.stdin.isatty():
+        raise UserError(f"refusing to {what} without --auto-approve: standard input is not a terminal")
+    answer = input(f"\nDo you want to {what}? Only 'yes' will be accepted: ").strip()
+    if answer != "yes":
+        raise UserError(f"{what}: cancelled")
+
+
+@app.command()
+def apply(
+    ctx: typer.Context,
+    planfile: Annotated[Path | None, typer.Argument(help="A plan saved by `plan --out`.")] = None,
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")] = False,
+    parallelism: Annotated[int, typer.Option("--parallelism", min=1, max=256, help="Operations at once.")] = 10,
+    target: TargetOpt = None,
+    allow_mass_delete: Annotated[
+        bool, typer.Option("--allow-mass-delete", help="Allow removing more than half of a model's samples.")
+    ] = False,
+) -> None:
+    """Carry out a fresh plan, or a saved one (refused if stale)."""
+    _apply_like(ctx, planfile, auto_approve, parallelism, _targets(target), allow_mass_delete, destroy=False)
+
+
+@app.command()
+def destroy(
+    ctx: typer.Context,
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")] = False,
+    target: TargetOpt = None,
+) -> None:
+    """Delete the remote models this spec manages."""
+    _apply_like(ctx, None, auto_approve, 10, _targets(target), True, destroy=True)
+
+
+def _apply_like(
+    ctx: typer.Context,
+    planfile: Path | None,
+    auto_approve: bool,
+    parallelism: int,
+    targets: tuple[str, ...],
+    allow_mass_delete: bool,
+    *,
+    destroy: bool,
+) -> None:
+    from reconciler.apply import Applier
+    from reconciler.engine import check_fresh, compute_plan, resolve_spec
+    from reconciler.lockfile import write_lock
+    from reconciler.plan import Plan
+    from reconciler.render import render_plan
+    from reconciler.state import StateLock
+
+    ws = _ws(ctx)
+    out = _stdout()
+    command = "destroy" if destroy else "apply"
+    try:
+        with StateLock(ws.project_dir, command):
+            if planfile is not None:
+                try:
+                    plan_obj = Plan.from_json(json.loads(planfile.read_bytes()))
+                except FileNotFoundError:
+                    raise UserError(f"{planfile}: no such file") from None
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise UserError(f"{planfile}: not a modelsync plan ({exc})") from None
+                planned = check_fresh(ws, plan_obj)
+            else:
+                planned = compute_plan(ws, targets, destroy=destroy, progress=_progress_printer(False))
+            p = planned.plan
+            render_plan(p, out)
+            if p.errors:
+                raise UserError(*p.errors)
+            if p.mass_deletes and not allow_mass_delete:
+                raise UserError(
+                    *(
+                        f"{k}: the plan removes {d} of {n} samples (more than half); "
+                        "re-run with --allow-mass-delete if that is intended"
+                        for k, (d, n) in sorted(p.mass_deletes.items())
+                    )
+                )
+            if not p.changes:
+                return
+            if planfile is None:
+                _confirm("destroy these models" if destroy else "perform these actions", auto_approve)
+            reporter = _reporter()
+            result = Applier(ws, planned.state, planned.refreshed, parallelism=parallelism, reporter=reporter).run(p)
+            _report_result(result, p, out)
+            if not result.ok:
+                raise UserError(
+                    *(f"{op.op} {_op_label(op)}: {msg}" for op, msg in result.failures),
+                    f"apply failed: {len(result.failures)} operation(s) failed, "
+                    f"{sum(result.done.values())} done, {result.skipped} not started; "
+                    "the state records what landed: run apply again to converge",
+                )
+            if not destroy:
+                resolved = planned.resolved or resolve_spec(ws, p.targets)
+                write_lock(ws.project_dir, resolved)
+    finally:
+        ws.close()
+
+
+def _op_label(op: Any) -> str:
+    parts = [op.model]
+    if op.class_name:
+        parts.append(op.class_name)
+    if op.uid:
+        parts.append(op.uid)
+    return "/".join(parts) + (f" ({op.source})" if op.source else "")
+
+
+def _reporter():
+    from reconciler.progress import make_reporter
+
+    return make_reporter()
+
+
+def _report_result(result: Any, plan: Any, out: Any) -> None:
+    d = result.done
+    parts = []
+    if d["create_model"]:
+        parts.append(f"{d['create_model']} model{'s' if d['create_model'] != 1 else ''} created")
+    if d["delete_model"]:
+        parts.append(f"{d['delete_model']} model{'s' if d['delete_model'] != 1 else ''} deleted")
+    if d["upload_sample"]:
+        parts.append(f"{d['upload_sample']:,} samples uploaded")
+    if d["delete_sample"] or d["delete_class"]:
+        parts.append(f"{d['delete_sample']:,} samples and {d['delete_class']} classes deleted")
+    if d["update_sample"]:
+        parts.append(f"{d['update_sample']:,} samples updated")
+    if d["configure"]:
+        parts.append(f"{d['configure']} configured")
+    for model, version in result.versions:
+        parts.append(f"{model} trained as version {version}")
+    status = "Apply complete" if result.ok else "Apply stopped"
+    out.print(f"\n{status}: {', '.join(parts) if parts else 'nothing done'}.")
+
+
+# --------------------------------------------------------------------------- status / versions
+
+
+@app.command()
+def status(ctx: typer.Context, json_out: JsonOpt = False, target: TargetOpt = None) -> None:
+    """Drift between spec, state and remote, without planning. Exit 2 when anything drifted."""
+    from reconciler.drift import compute_drift, render_drift
+
+    ws = _ws(ctx)
+    try:
+        report = compute_drift(ws, _targets(target))
+    finally:
+        ws.close()
+    if json_out:
+        print(json.dumps(report, indent=2))
+    else:
+        render_drift(report, _stdout())
+    if not report["in_sync"]:
+        raise typer.Exit(2)
+
+
+@app.command()
+def versions(ctx: typer.Context, model: str, json_out: JsonOpt = False) -> None:
+    """A model's trained versions, newest first, with dataset digests and metrics."""
+    from reconciler.queries import list_versions, render_versions
+
+    ws = _ws(ctx)
+    try:
+        rows = list_versions(ws, model)
+    finally:
+        ws.close()
+    if json_out:
+        print(json.dumps(rows, indent=2))
+    else:
+        render_versions(model, rows, _stdout())
+
+
+@app.command()
+def predict(
+    ctx: typer.Context,
+    model: str,
+    inputs: Annotated[list[str], typer.Argument(help="Image paths or URLs.")],
+    version: Annotated[str | None, typer.Option("--version", help="A trained version (default: latest).")] = None,
+    confidence_thresh: Annotated[float | None, typer.Option("--confidence-thresh", min=0.0, max=1.0)] = None,
+    overlap_thresh: Annotated[float | None, typer.Option("--overlap-thresh", min=0.0, max=1.0)] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run a trained model on images."""
+    from reconciler.queries import predict as run_predict
+    from reconciler.queries import render_predictions
+
+    ws = _ws(ctx)
+    try:
+        preds, detection = run_predict(ws, model, inputs, version, confidence_thresh, overlap_thresh)
+    finally:
+        ws.close()
+    if json_out:
+        print(json.dumps([p.to_json(detection) for p in preds], indent=2))
+    else:
+        render_predictions(preds, _stdout())
+
+
+@app.command()
+def infer(
+    ctx: typer.Context,
+    model: str,
+    sources: Annotated[list[str], typer.Option("--sources", help="Images to run on (repeatable).")],
+    version: Annotated[str | None, typer.Option("--version")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Poll the job to its end.")] = True,
+    timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds to wait at most.")] = 1800.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run an asynchronous batch inference job and poll it to its end."""
+    from reconciler.queries import run_inference
+
+    ws = _ws(ctx)
+    try:
+        status_ = run_inference(ws, model, sources, version, wait, timeout, None if json_out else _stderr())
+    finally:
+        ws.close()
+    body = {
+        "job_id": status_.job_id,
+        "status": status_.state,
+        "done": status_.done,
+        "total": status_.total,
+        "results": [p.to_json() for p in status_.results],
+        "error": status_.error,
+    }
+    if json_out:
+        print(json.dumps(body, indent=2))
+    else:
+        out = _stdout()
+        out.print(f"job {status_.job_id}: {status_.state} ({status_.done}/{status_.total})")
+        for p in status_.results:
+            out.print(f"  {p.input}: {p.label} ({p.confidence:.1%})")
+    if status_.state == "Errored":
+        raise UserError(f"infer {model}: job {status_.job_id} errored: {status_.error or 'no reason given'}")
+
+
+# --------------------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8700,
+    data: Annotated[Path, typer.Option("--data", help="Data directory.")] = Path(".modelsync/serve"),
+    key: Annotated[list[str] | None, typer.Option("--key", help="An accepted API key (repeatable).")] = None,
+    keys_file: Annotated[Path | None, typer.Option("--keys-file", help="Keys with owners and permissions.")] = None,
+    rate_limit: Annotated[int | None, typer.Option("--rate-limit", min=1, help="Requests a minute per endpoint.")] = 90,
+    total_rate_limit: Annotated[int | None, typer.Option("--total-rate-limit", min=1)] = None,
+    allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls")] = False,
+) -> None:
+    """Run the embedded service over HTTP, answering the vendors' APIs."""
+    from reconciler.local.serve.cli import serve_command
+
+    serve_command(
+        host=host,
+        port=port,
+        data=data,
+        keys=key or [],
+        keys_file=keys_file,
+        rate_limit=rate_limit,
+        total_rate_limit=total_rate_limit,
+        allow_private_urls=allow_private_urls,
+    )
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    import click
+
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name="modelsync")
+    except UserError as exc:
+        err = _stderr()
+        for line in exc.lines:
+            if _SPEC_POSITION.match(line):  # the contract: FILE:LINE:COL: message, as is
+                err.print(_escape(line))
+            else:
+                err.print(f"[red]Error:[/red] {_escape(line)}")
+        sys.exit(1)
+    except click.exceptions.Abort:
+        print("Aborted.", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as exc:
+        print(f"Error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("Interrupted; run the same command again to converge.", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+_SPEC_POSITION = __import__("re").compile(r"^[^\s:]+:\d+:\d+: ")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+if __name__ == "__main__":
+    main()

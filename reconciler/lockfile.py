@@ -1,0 +1,93 @@
+"""``modelsync.lock``: every source pinned to its digest and size, and each dataset digest.
+
+Committed beside the spec, it makes a dataset reproducible: ``plan --locked`` fails
+when any source no longer resolves to what the lock says.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from reconciler.atomic import write_atomic
+from reconciler.errors import UserError
+from reconciler.resolve import Resolved
+
+LOCK_FORMAT = 1
+LOCK_NAME = "modelsync.lock"
+
+
+def lock_body(resolved: Resolved) -> dict[str, Any]:
+    models = {}
+    for key, model in sorted(resolved.models.items()):
+        sources = resolved.sources.get(key, {})
+        models[key] = {
+            "dataset_digest": model.dataset_digest,
+            "config_digest": model.config_digest,
+            "samples": len(model.samples),
+            "sources": {s: {"digest": d, "size": n} for s, (d, n) in sorted(sources.items())},
+        }
+    return {"version": LOCK_FORMAT, "models": models}
+
+
+def read_lock(spec_dir: Path) -> dict[str, Any] | None:
+    path = spec_dir / LOCK_NAME
+    try:
+        body = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    if body.get("version") != LOCK_FORMAT:
+        raise UserError(f"{path}: unsupported lock format {body.get('version')!r}")
+    return body
+
+
+def write_lock(spec_dir: Path, resolved: Resolved, *, merge: bool = True) -> bool:
+    """Write the lock; models outside ``resolved`` (other --target runs) are kept. Returns True if changed."""
+    body = lock_body(resolved)
+    old = read_lock(spec_dir) if merge else None
+    if old:
+        merged = dict(old.get("models", {}))
+        merged.update(body["models"])
+        body["models"] = dict(sorted(merged.items()))
+    text = json.dumps(body, indent=2, sort_keys=False) + "\n"
+    path = spec_dir / LOCK_NAME
+    try:
+        if path.read_text() == text:
+            return False
+    except FileNotFoundError:
+        pass
+    write_atomic(path, text.encode())
+    return True
+
+
+def check_locked(spec_dir: Path, resolved: Resolved) -> list[str]:
+    """Every way the resolved sources differ from the lock file, one message each."""
+    lock = read_lock(spec_dir)
+    if lock is None:
+        return [f"{LOCK_NAME}: no lock file; run `modelsync apply` (or plan without --locked) first"]
+    problems: list[str] = []
+    locked_models = lock.get("models", {})
+    for key in sorted(resolved.models):
+        locked = locked_models.get(key)
+        if locked is None:
+            problems.append(f"{LOCK_NAME}: model '{key}' is not in the lock file")
+            continue
+        locked_sources = locked.get("sources", {})
+        current = resolved.sources.get(key, {})
+        for source, (digest, size) in sorted(current.items()):
+            pinned = locked_sources.get(source)
+            if pinned is None:
+                problems.append(f"{LOCK_NAME}: {key}: source {source} is new (not in the lock file)")
+            elif pinned.get("digest") != digest:
+                problems.append(
+                    f"{LOCK_NAME}: {key}: source {source} changed: "
+                    f"locked {pinned.get('digest', '')[:19]}…, now {digest[:19]}…"
+                )
+            elif pinned.get("size") != size:
+                problems.append(f"{LOCK_NAME}: {key}: source {source} changed size")
+        for source in sorted(set(locked_sources) - set(current)):
+            problems.append(f"{LOCK_NAME}: {key}: source {source} is locked but no longer declared or present")
+    return problems

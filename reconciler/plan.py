@@ -1,0 +1,521 @@
+"""Diff desired against refreshed remote state, and plan the operations. Pure functions.
+
+Samples are diffed as sets keyed by uid (O(n)); deepdiff reports the nested
+training-config changes, where a path-level report is what a reader wants.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from reconciler.model import (
+    DERIVED_UID_PREFIX,
+    DesiredModel,
+    RemoteModel,
+    RemoteSample,
+    dataset_digest,
+)
+from reconciler.providers import base as caps
+from reconciler.state import ModelState, State
+
+PLAN_FORMAT = 1
+# The order operations run in, within a model; apply runs each group as one parallel phase.
+OP_ORDER = (
+    "create_model",
+    "delete_sample",
+    "delete_class",
+    "upload_sample",
+    "update_sample",
+    "configure",
+    "train",
+    "delete_model",
+)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One step of a plan. Fields that do not apply to ``op`` stay None and are left out of JSON."""
+
+    op: str
+    model: str
+    provider: str | None = None
+    title: str | None = None
+    class_name: str | None = None
+    uid: str | None = None
+    digest: str | None = None
+    size: int | None = None
+    source: str | None = None
+    remote_id: str | None = None  # the remote sample, class or model id acted on
+    reason: str | None = None
+    caption: str | None = None
+    boxes: tuple[dict, ...] | None = None
+    samples: int | None = None  # samples removed with a class
+    config: dict[str, Any] | None = None
+    changes: tuple[str, ...] | None = None
+    dataset_digest: str | None = None
+    config_digest: str | None = None
+    previous_dataset_digest: str | None = None
+    previous_config_digest: str | None = None
+    model_type: str | None = None
+    base: str | None = None
+    type: str | None = None
+    purpose: str | None = None
+    tags: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            name = "class" if f.name == "class_name" else f.name
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Operation:
+        known = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for name, value in raw.items():
+            attr = "class_name" if name == "class" else name
+            if attr not in known:
+                raise ValueError(f"unknown operation field {name!r}")
+            kwargs[attr] = tuple(value) if isinstance(value, list) else value
+        return cls(**kwargs)
+
+
+@dataclass
+class Plan:
+    operations: list[Operation] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    unmanaged: dict[str, int] = field(default_factory=dict)  # model -> foreign samples left alone
+    mass_deletes: dict[str, tuple[int, int]] = field(default_factory=dict)  # model -> (deleted, of)
+    errors: list[str] = field(default_factory=list)  # plan-level refusals (prevent_destroy)
+    # What the plan was computed from, to refuse it when stale.
+    spec_digest: str | None = None
+    state_serial: int | None = None
+    state_lineage: str | None = None
+    fingerprints: dict[str, str] = field(default_factory=dict)  # model key -> remote fingerprint or "absent"
+    targets: tuple[str, ...] = ()
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.operations)
+
+    def summary(self) -> dict[str, int]:
+        counts = Counter(op.op for op in self.operations)
+        return {name: counts[name] for name in OP_ORDER if counts[name]}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": PLAN_FORMAT,
+            "changes": self.changes,
+            "summary": self.summary(),
+            "operations": [op.to_json() for op in self.operations],
+            "warnings": self.warnings,
+            "unmanaged": self.unmanaged,
+            "mass_deletes": {k: {"delete": d, "of": n} for k, (d, n) in self.mass_deletes.items()},
+            "meta": {
+                "spec_digest": self.spec_digest,
+                "state_serial": self.state_serial,
+                "state_lineage": self.state_lineage,
+                "fingerprints": self.fingerprints,
+                "targets": list(self.targets),
+            },
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Plan:
+        if raw.get("format_version") != PLAN_FORMAT:
+            raise ValueError(f"unsupported plan format {raw.get('format_version')!r}")
+        meta = raw.get("meta") or {}
+        return cls(
+            operations=[Operation.from_json(o) for o in raw.get("operations", [])],
+            warnings=list(raw.get("warnings", [])),
+            unmanaged=dict(raw.get("unmanaged", {})),
+            mass_deletes={k: (v["delete"], v["of"]) for k, v in raw.get("mass_deletes", {}).items()},
+            spec_digest=meta.get("spec_digest"),
+            state_serial=meta.get("state_serial"),
+            state_lineage=meta.get("state_lineage"),
+            fingerprints=dict(meta.get("fingerprints", {})),
+            targets=tuple(meta.get("targets", [])),
+        )
+
+
+# --------------------------------------------------------------------------- diff
+
+
+def with_state_uids(remote: RemoteModel, mstate: ModelState | None) -> list[RemoteSample]:
+    """Remote samples, with uids filled in from the state where the vendor keeps none."""
+    if mstate is None or all(s.uid is not None for s in remote.samples):
+        return remote.samples
+    by_remote_id = {str(v.get("remote_id")): uid for uid, v in mstate.samples.items() if v.get("remote_id")}
+    out = []
+    for s in remote.samples:
+        if s.uid is None and s.remote_id in by_remote_id:
+            s = RemoteSample(
+                s.remote_id, by_remote_id[s.remote_id], s.class_name, s.size, s.digest, s.caption, s.boxes, s.url
+            )
+        out.append(s)
+    return out
+
+
+def _is_managed(uid: str | None, mstate: ModelState | None) -> bool:
+    if uid is None:
+        return False
+    return uid.startswith(DERIVED_UID_PREFIX) or (mstate is not None and uid in mstate.samples)
+
+
+def _known_digest(s: RemoteSample, mstate: ModelState | None) -> str | None:
+    if s.digest:
+        return s.digest
+    if mstate is not None and s.uid in mstate.samples:
+        return mstate.samples[s.uid].get("digest")
+    if s.uid and s.uid.startswith(DERIVED_UID_PREFIX):
+        return None  # the uid pins the digest's prefix only; unknown in full
+    return None
+
+
+def _box_dicts(boxes) -> tuple[dict, ...]:
+    return tuple({"label": b.label, "x": b.x, "y": b.y, "w": b.w, "h": b.h} for b in boxes)
+
+
+def _same_boxes(a, b) -> bool:
+    key = lambda bx: (bx.label, round(bx.x, 3), round(bx.y, 3), round(bx.w, 3), round(bx.h, 3))  # noqa: E731
+    return sorted(map(key, a)) == sorted(map(key, b))
+
+
+def config_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> tuple[str, ...]:
+    """Human lines for what changed between two training configs, by path (deepdiff)."""
+    from deepdiff import DeepDiff
+
+    diff = DeepDiff(old or {}, new, ignore_order=True, verbose_level=2)
+    lines: list[str] = []
+    for path, change in diff.get("values_changed", {}).items():
+        lines.append(f"{_dd_path(path)}: {change['old_value']!r} -> {change['new_value']!r}")
+    for path, change in diff.get("type_changes", {}).items():
+        lines.append(f"{_dd_path(path)}: {change['old_value']!r} -> {change['new_value']!r}")
+    for path, value in diff.get("dictionary_item_added", {}).items():
+        lines.append(f"{_dd_path(path)}: (unset) -> {value!r}")
+    for path, value in diff.get("dictionary_item_removed", {}).items():
+        lines.append(f"{_dd_path(path)}: {value!r} -> (unset)")
+    return tuple(sorted(lines))
+
+
+def _dd_path(path: str) -> str:
+    return path.removeprefix("root").replace("['", ".").replace("']", "").lstrip(".")
+
+
+def _latest_version(remote: RemoteModel | None, mstate: ModelState | None) -> dict[str, Any] | None:
+    """The newest trained version, its digests taken from the remote or, failing that, the state."""
+    recorded = {v.get("version"): v for v in (mstate.versions if mstate else [])}
+    if remote is not None:
+        for v in remote.versions:
+            if v.status != "trained":
+                continue
+            rec = recorded.get(v.version, {})
+            return {
+                "version": v.version,
+                "dataset_digest": v.dataset_digest or rec.get("dataset_digest"),
+                "config_digest": v.config_digest or rec.get("config_digest"),
+                "config": rec.get("config"),
+            }
+    if mstate and mstate.versions:
+        return mstate.versions[0]
+    return None
+
+
+def _short(digest: str | None) -> str:
+    return (digest or "none")[:19] + "…" if digest else "none"
+
+
+def plan_model(
+    desired: DesiredModel,
+    remote: RemoteModel | None,
+    mstate: ModelState | None,
+    capabilities: frozenset[str],
+) -> tuple[list[Operation], list[str], int, tuple[int, int] | None]:
+    """The operations that make one remote model match the desired one.
+
+    Returns (operations, warnings, unmanaged sample count, (deleted, total) when more
+    than half the remote samples would go).
+    """
+    ops: list[Operation] = []
+    warnings: list[str] = []
+    key = desired.key
+    if remote is None:
+        ops.append(
+            Operation(
+                "create_model",
+                key,
+                provider=desired.provider,
+                title=desired.title,
+                type=desired.type,
+                purpose=desired.purpose,
+                tags=desired.tags,
+            )
+        )
+        remote_samples: list[RemoteSample] = []
+        remote_classes: dict[str, str] = {}
+    else:
+        remote_samples = with_state_uids(remote, mstate)
+        remote_classes = remote.classes
+
+    by_uid: dict[str, list[RemoteSample]] = {}
+    foreign: list[RemoteSample] = []
+    for s in remote_samples:
+        if s.uid is None:
+            foreign.append(s)
+        else:
+            by_uid.setdefault(s.uid, []).append(s)
+
+    deletes: list[Operation] = []
+    uploads: list[Operation] = []
+    updates: list[Operation] = []
+    kept_pairs: list[tuple[str, str]] = []  # (class, digest) of remote samples that stay, foreign included
+    added = removed = 0
+
+    def upload(sample, reason: str | None = None) -> None:
+        uploads.append(
+            Operation(
+                "upload_sample",
+                key,
+                class_name=sample.class_name,
+                uid=sample.uid,
+                digest=sample.digest,
+                size=sample.size,
+                source=sample.source,
+                caption=sample.caption,
+                boxes=_box_dicts(sample.boxes) or None,
+                reason=reason,
+            )
+        )
+
+    def delete(s: RemoteSample, reason: str) -> None:
+        deletes.append(
+            Operation(
+                "delete_sample",
+                key,
+                class_name=s.class_name,
+                uid=s.uid,
+                remote_id=s.remote_id,
+                digest=_known_digest(s, mstate),
+                reason=reason,
+            )
+        )
+
+    for uid, want in desired.samples.items():
+        have = by_uid.pop(uid, None)
+        if not have:
+            upload(want)
+            added += 1
+            continue
+        # Prefer the copy already in the right class with the right bytes; the rest are duplicates.
+        have.sort(key=lambda s: (s.class_name != want.class_name, _known_digest(s, mstate) not in (None, want.digest)))
+        keep, extra = have[0], have[1:]
+        for dup in extra:
+            delete(dup, "duplicate of the same uid")
+        digest = _known_digest(keep, mstate)
+        if keep.class_name != want.class_name:
+            delete(keep, f"moved to class '{want.class_name}'")
+            upload(want, f"moved from class '{keep.class_name}'")
+        elif digest is not None and digest != want.digest:
+            delete(keep, "content changed")
+            upload(want, "content changed")
+        elif (want.caption or None) != (keep.caption or None) or not _same_boxes(want.boxes, keep.boxes):
+            if caps.CAP_CAPTIONS in capabilities or caps.CAP_BOXES in capabilities:
+                updates.append(
+                    Operation(
+                        "update_sample",
+                        key,
+                        class_name=want.class_name,
+                        uid=uid,
+                        remote_id=keep.remote_id,
+                        caption=want.caption,
+                        boxes=_box_dicts(want.boxes) or None,
+                    )
+                )
+            else:
+                delete(keep, "caption or boxes changed")
+                upload(want, "caption or boxes changed")
+
+    unmanaged = 0
+    for uid, have in by_uid.items():  # remote uids the spec no longer declares
+        for s in have:
+            if desired.prune == "all" or (desired.prune == "managed" and _is_managed(uid, mstate)):
+                delete(s, "no longer declared")
+                removed += 1
+            else:
+                unmanaged += 1
+                kept_pairs.append((s.class_name, _known_digest(s, mstate) or f"remote:{s.remote_id}"))
+    for s in foreign:
+        if desired.prune == "all":
+            delete(s, "not uploaded by modelsync (prune: all)")
+            removed += 1
+        else:
+            unmanaged += 1
+            kept_pairs.append((s.class_name, _known_digest(s, mstate) or f"remote:{s.remote_id}"))
+
+    # A class the spec dropped, emptied entirely by this plan, goes as one operation.
+    class_deletes: list[Operation] = []
+    if desired.prune != "none" and caps.CAP_DELETE_CLASS in capabilities:
+        staying = {c for c, _ in kept_pairs} | set(desired.classes)
+        for cls_name, cls_id in sorted(remote_classes.items()):
+            if cls_name in staying or not cls_id:
+                continue
+            in_class = [d for d in deletes if d.class_name == cls_name]
+            deletes = [d for d in deletes if d.class_name != cls_name]
+            class_deletes.append(
+                Operation(
+                    "delete_class",
+                    key,
+                    class_name=cls_name,
+                    remote_id=cls_id,
+                    samples=len(in_class),
+                    reason="no longer declared",
+                )
+            )
+
+    ops.extend(sorted(deletes, key=lambda o: (o.class_name or "", o.uid or "", o.remote_id or "")))
+    ops.extend(class_deletes)
+    ops.extend(sorted(uploads, key=lambda o: (o.class_name or "", o.source or "", o.uid or "")))
+    ops.extend(updates)
+
+    deleted_total = sum(1 for o in deletes) + sum(o.samples or 0 for o in class_deletes)
+    mass = None
+    if remote_samples and deleted_total * 2 > len(remote_samples):
+        mass = (deleted_total, len(remote_samples))
+
+    ops.extend(_training_ops(desired, remote, mstate, capabilities, kept_pairs, added, removed, warnings))
+    return ops, warnings, unmanaged, mass
+
+
+def _training_ops(
+    desired: DesiredModel,
+    remote: RemoteModel | None,
+    mstate: ModelState | None,
+    capabilities: frozenset[str],
+    kept_pairs: list[tuple[str, str]],
+    added: int,
+    removed: int,
+    warnings: list[str],
+) -> list[Operation]:
+    ops: list[Operation] = []
+    t = desired.training
+    key = desired.key
+    if caps.CAP_CONFIGURE in capabilities and t.config:
+        current = remote.config if remote is not None else None
+        changes = config_changes(current, t.config)
+        if changes:
+            ops.append(Operation("configure", key, config=dict(t.config), changes=changes))
+    if not t.auto or caps.CAP_TRAIN not in capabilities:
+        return ops
+    if remote is not None and remote.training_status in ("queued", "training"):
+        warnings.append(f"{key}: a training run is in progress on the remote; not planning another")
+        return ops
+    pairs = [(s.class_name, s.digest) for s in desired.samples.values()] + kept_pairs
+    classes_with_samples = {c for c, _ in pairs}
+    if desired.purpose == "classification" and len(classes_with_samples) < 2:
+        return ops
+    if desired.purpose == "detection" and not any(s.boxes for s in desired.samples.values()):
+        warnings.append(f"{key}: detection model has no boxes; not training")
+        return ops
+    want_dataset = dataset_digest(pairs)
+    want_config = desired.config_digest
+    latest = _latest_version(remote, mstate)
+    if latest is None:
+        reason = "never trained"
+    elif latest.get("dataset_digest") != want_dataset:
+        detail = ", ".join(
+            p for p in (f"{added} samples added" if added else "", f"{removed} removed" if removed else "") if p
+        )
+        reason = f"dataset {_short(latest.get('dataset_digest'))} -> {_short(want_dataset)}"
+        reason += f", {detail}" if detail else ""
+    elif latest.get("config_digest") != want_config:
+        changes = config_changes(latest.get("config"), t.config) if latest.get("config") is not None else ()
+        reason = f"config {_short(latest.get('config_digest'))} -> {_short(want_config)}"
+        if changes:
+            reason += ": " + "; ".join(changes)
+    else:
+        return ops
+    ops.append(
+        Operation(
+            "train",
+            key,
+            dataset_digest=want_dataset,
+            config_digest=want_config,
+            previous_dataset_digest=(latest or {}).get("dataset_digest"),
+            previous_config_digest=(latest or {}).get("config_digest"),
+            model_type=t.model_type,
+            base=t.base,
+            config=dict(t.config),
+            reason=reason,
+        )
+    )
+    return ops
+
+
+def build_plan(
+    desired: dict[str, DesiredModel],
+    remotes: dict[str, RemoteModel | None],
+    state: State,
+    capabilities: dict[str, frozenset[str]],
+    *,
+    targets: tuple[str, ...] = (),
+    orphans: dict[str, RemoteModel | None] | None = None,
+    destroy: bool = False,
+) -> Plan:
+    """The whole plan. ``remotes`` holds the refreshed remote of each desired model (None:
+    absent); ``orphans`` the refreshed remotes of state-managed models the spec dropped.
+    ``capabilities`` is keyed by provider name."""
+    plan = Plan(targets=targets, state_serial=state.serial, state_lineage=state.lineage)
+    for key in sorted(desired):
+        if targets and key not in targets:
+            continue
+        model = desired[key]
+        remote = remotes.get(key)
+        plan.fingerprints[key] = remote.fingerprint() if remote else "absent"
+        if destroy:
+            if remote is not None:
+                plan.operations.append(_delete_model(model.key, model.provider, remote, "destroy requested"))
+                if model.prevent_destroy:
+                    plan.errors.append(f"{key}: lifecycle.prevent_destroy is set; refusing to delete the model")
+            continue
+        mstate = state.models.get(key)
+        ops, warns, unmanaged, mass = plan_model(model, remote, mstate, capabilities[model.provider])
+        plan.operations.extend(ops)
+        plan.warnings.extend(warns)
+        if unmanaged:
+            plan.unmanaged[key] = unmanaged
+        if mass:
+            plan.mass_deletes[key] = mass
+        if remote is not None and mstate is not None and mstate.remote_id != remote.remote_id:
+            old = (orphans or {}).get(f"{key}#previous")
+            if old is not None:
+                plan.operations.append(_delete_model(key, mstate.provider, old, "title changed; replaced"))
+    for key, remote in sorted((orphans or {}).items()):
+        if key.endswith("#previous") or (targets and key not in targets) or remote is None:
+            continue
+        mstate = state.models[key]
+        plan.fingerprints[key] = remote.fingerprint()
+        plan.operations.append(_delete_model(key, mstate.provider, remote, "no longer declared"))
+        if mstate.prevent_destroy:
+            plan.errors.append(f"{key}: lifecycle.prevent_destroy is set; refusing to delete the model")
+    order = {name: i for i, name in enumerate(OP_ORDER)}
+    # Stable: keeps each model's sorted order inside a phase.
+    plan.operations.sort(key=lambda o: order[o.op])
+    return plan
+
+
+def _delete_model(key: str, provider: str, remote: RemoteModel, reason: str) -> Operation:
+    return Operation(
+        "delete_model",
+        key,
+        provider=provider,
+        title=remote.title,
+        remote_id=remote.remote_id,
+        samples=len(remote.samples),
+        reason=reason,
+    )

@@ -1,0 +1,151 @@
+"""``.modelsync/state.json``: what modelsync created, uploaded and trained.
+
+The remote stays the source of truth; the state is a record and a cache. It tells
+which remote models and samples modelsync manages (so pruning never touches foreign
+data) and keeps the dataset digest of every version trained through a vendor that
+does not store one. Written atomically, guarded by a lock that names its holder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.atomic import write_atomic
+from reconciler.errors import LockedError, UserError
+
+STATE_FORMAT = 1
+
+
+@dataclass
+class ModelState:
+    provider: str
+    provider_type: str
+    title: str
+    remote_id: str
+    prevent_destroy: bool = False
+    # uid -> {"class": ..., "digest": ..., "remote_id": ..., "pending": bool}
+    samples: dict[str, dict[str, Any]] = field(default_factory=dict)
+    versions: list[dict[str, Any]] = field(default_factory=list)  # newest first
+    training_handle: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "provider_type": self.provider_type,
+            "title": self.title,
+            "remote_id": self.remote_id,
+            "prevent_destroy": self.prevent_destroy,
+            "samples": self.samples,
+            "versions": self.versions,
+            "training_handle": self.training_handle,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ModelState:
+        return cls(
+            provider=raw["provider"],
+            provider_type=raw.get("provider_type", "local"),
+            title=raw["title"],
+            remote_id=str(raw["remote_id"]),
+            prevent_destroy=bool(raw.get("prevent_destroy", False)),
+            samples=dict(raw.get("samples", {})),
+            versions=list(raw.get("versions", [])),
+            training_handle=raw.get("training_handle"),
+        )
+
+
+@dataclass
+class State:
+    serial: int = 0
+    lineage: str = field(default_factory=lambda: str(uuid.uuid4()))
+    models: dict[str, ModelState] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": STATE_FORMAT,
+            "serial": self.serial,
+            "lineage": self.lineage,
+            "models": {k: m.to_json() for k, m in sorted(self.models.items())},
+        }
+
+
+def state_dir(workdir: Path) -> Path:
+    return workdir / ".modelsync"
+
+
+def load_state(workdir: Path) -> State:
+    path = state_dir(workdir) / "state.json"
+    try:
+        raw = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return State()
+    except ValueError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); move it aside to rebuild it from the remote") from None
+    if raw.get("format_version") != STATE_FORMAT:
+        raise UserError(f"{path}: unsupported state format {raw.get('format_version')!r}")
+    return State(
+        serial=int(raw.get("serial", 0)),
+        lineage=str(raw.get("lineage") or uuid.uuid4()),
+        models={k: ModelState.from_json(v) for k, v in raw.get("models", {}).items()},
+    )
+
+
+def save_state(workdir: Path, state: State) -> None:
+    """Bump the serial and write atomically."""
+    state.serial += 1
+    body = json.dumps(state.to_json(), indent=1, sort_keys=False)
+    write_atomic(state_dir(workdir) / "state.json", body.encode())
+
+
+class StateLock:
+    """An exclusive lock on the state, released by the OS if the holder dies.
+
+    The holder writes who it is beside the lock, so a refused second process can say
+    which pid, host and command holds it.
+    """
+
+    def __init__(self, workdir: Path, command: str):
+        self.dir = state_dir(workdir)
+        self.command = command
+        self._lock = None
+
+    def __enter__(self) -> StateLock:
+        from filelock import FileLock, Timeout
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.dir / "state.lock"), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise LockedError(f"the state is locked by {self._holder()}; wait for it to finish") from None
+        self._lock = lock
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command, "since": time.time()}
+        write_atomic(self.dir / "state.lock.info", json.dumps(info).encode())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.dir / "state.lock.info")
+            self._lock.release()
+
+    def _holder(self) -> str:
+        try:
+            info = json.loads((self.dir / "state.lock.info").read_bytes())
+        except (OSError, ValueError):
+            return "another modelsync process"
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("since", 0)))
+        return f"pid {info.get('pid')} on {info.get('host')} ('modelsync {info.get('command')}', since {since})"
+
+
+def command_line() -> str:
+    return " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv[1:3]))
