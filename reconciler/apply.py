@@ -103,9 +103,17 @@ class Applier:
                 handler: Callable[[Operation], None] = getattr(self, f"_do_{name}")
                 self._run_phase(handler, ops)
         finally:
+            self._remember_lifecycle()
             self._save(force=True)
             self.reporter.done()
         return self.result
+
+    def _remember_lifecycle(self) -> None:
+        """Keep prevent_destroy in the state, so a model dropped from the spec stays protected."""
+        for key, mstate in self.state.models.items():
+            model = self.ws.spec.models.get(key)
+            if model is not None:
+                mstate.prevent_destroy = model.lifecycle.prevent_destroy
 
     def _run_phase(self, handler: Callable[[Operation], None], ops: list[Operation]) -> None:
         def task(op: Operation) -> None:

@@ -373,25 +373,44 @@ def infer(
 def serve(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8700,
-    data: Annotated[Path, typer.Option("--data", help="Data directory.")] = Path(".modelsync/serve"),
+    data: Annotated[Path, typer.Option("--data", help="Data directory of the embedded service.")] = Path(
+        ".modelsync/local"
+    ),
     key: Annotated[list[str] | None, typer.Option("--key", help="An accepted API key (repeatable).")] = None,
-    keys_file: Annotated[Path | None, typer.Option("--keys-file", help="Keys with owners and permissions.")] = None,
-    rate_limit: Annotated[int | None, typer.Option("--rate-limit", min=1, help="Requests a minute per endpoint.")] = 90,
-    total_rate_limit: Annotated[int | None, typer.Option("--total-rate-limit", min=1)] = None,
-    allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls")] = False,
+    keys_file: Annotated[
+        Path | None, typer.Option("--keys-file", help="JSON/YAML: {keys: [{key, owner, permissions, projects}]}.")
+    ] = None,
+    rate_limit: Annotated[
+        int, typer.Option("--rate-limit", min=0, help="Requests a minute per endpoint (0: off).")
+    ] = 90,
+    total_rate_limit: Annotated[
+        int, typer.Option("--total-rate-limit", min=0, help="Requests a minute per key in all (0: off).")
+    ] = 180,
+    allow_private_urls: Annotated[
+        bool, typer.Option("--allow-private-urls", help="Let URL inputs reach loopback and private addresses.")
+    ] = False,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
-    """Run the embedded service over HTTP, answering the vendors' APIs."""
-    from reconciler.local.serve.cli import serve_command
+    """Run the embedded service over HTTP, answering the vendors' APIs (astica, Autogon, AnnoLab, Scenario)."""
+    from reconciler.local.serve.auth import load_keys_file, normalize_keys
+    from reconciler.local.serve.runner import run
 
-    serve_command(
+    try:
+        keys = normalize_keys(key or [])
+        if keys_file is not None:
+            keys.update(load_keys_file(keys_file))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--keys-file: {exc}") from None
+    run(
         host=host,
         port=port,
-        data=data,
-        keys=key or [],
-        keys_file=keys_file,
-        rate_limit=rate_limit,
-        total_rate_limit=total_rate_limit,
+        data_dir=str(data),
+        keys=keys,
+        rate_limit=rate_limit or None,
+        total_rate_limit=total_rate_limit or None,
         allow_private_urls=allow_private_urls,
+        log_level=log_level,
+        faults=None,
     )
 
 
@@ -422,6 +441,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except Exception as exc:  # a bug: one line for the user, the traceback only on request
+        import os
+
+        if os.environ.get("MODELSYNC_DEBUG"):
+            raise
+        print(
+            f"Error: internal error: {type(exc).__name__}: {exc} (set MODELSYNC_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -491,10 +491,12 @@ def build_plan(
             plan.unmanaged[key] = unmanaged
         if mass:
             plan.mass_deletes[key] = mass
-        if remote is not None and mstate is not None and mstate.remote_id != remote.remote_id:
-            old = (orphans or {}).get(f"{key}#previous")
-            if old is not None:
-                plan.operations.append(_delete_model(key, mstate.provider, old, "title changed; replaced"))
+        old = (orphans or {}).get(f"{key}#previous")
+        if old is not None and mstate is not None and (remote is None or mstate.remote_id != remote.remote_id):
+            plan.fingerprints[f"{key}#previous"] = old.fingerprint()
+            plan.operations.append(_delete_model(key, mstate.provider, old, "title changed; replaced"))
+            if mstate.prevent_destroy:
+                plan.errors.append(f"{key}: lifecycle.prevent_destroy is set; refusing to replace the model")
     for key, remote in sorted((orphans or {}).items()):
         if key.endswith("#previous") or (targets and key not in targets) or remote is None:
             continue
