@@ -181,7 +181,7 @@ def _apply_like(
     from reconciler.lockfile import write_lock
     from reconciler.plan import Plan
     from reconciler.render import render_plan
-    from reconciler.state import StateLock
+    from reconciler.state import StateLock, reconcile_with_remote, save_state
 
     ws = _ws(ctx)
     out = _stdout()
@@ -199,6 +199,8 @@ def _apply_like(
             else:
                 planned = compute_plan(ws, targets, destroy=destroy, progress=_progress_printer(False))
             p = planned.plan
+            if reconcile_with_remote(planned.state, planned.refreshed.remotes):
+                save_state(ws.project_dir, planned.state)  # intents from an interrupted run, settled
             render_plan(p, out)
             if p.errors:
                 raise UserError(*p.errors)

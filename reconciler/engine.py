@@ -85,7 +85,7 @@ def check_fresh(ws: Workspace, plan: Plan) -> Planned:
     if plan.spec_digest != ws.spec_digest():
         raise StaleStateError("stale plan: the spec changed since the plan was made; run plan again")
     state = load_state(ws.project_dir)
-    if plan.state_serial != state.serial or (plan.state_lineage and plan.state_lineage != state.lineage):
+    if plan.state_serial != state.serial or (plan.state_lineage or "") != state.lineage:
         raise StaleStateError(
             f"stale plan: the state changed since the plan was made (serial {plan.state_serial} -> "
             f"{state.serial}); run plan again"

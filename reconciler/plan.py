@@ -405,7 +405,9 @@ def _training_ops(
     ops: list[Operation] = []
     t = desired.training
     key = desired.key
-    if caps.CAP_CONFIGURE in capabilities and t.config:
+    # With auto training the config travels with each `train`; a separate `configure` only
+    # matters when modelsync does not train, to keep the vendor's stored config declared.
+    if caps.CAP_CONFIGURE in capabilities and t.config and not t.auto:
         current = remote.config if remote is not None else None
         changes = config_changes(current, t.config)
         if changes:
@@ -429,7 +431,12 @@ def _training_ops(
         reason = "never trained"
     elif latest.get("dataset_digest") != want_dataset:
         detail = ", ".join(
-            p for p in (f"{added} samples added" if added else "", f"{removed} removed" if removed else "") if p
+            p
+            for p in (
+                f"{added} sample{'s' if added != 1 else ''} added" if added else "",
+                f"{removed} removed" if removed else "",
+            )
+            if p
         )
         reason = f"dataset {_short(latest.get('dataset_digest'))} -> {_short(want_dataset)}"
         reason += f", {detail}" if detail else ""

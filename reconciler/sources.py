@@ -1,14 +1,22 @@
-"""Expanding a declared sample source (path, glob, directory, URL) into concrete items."""
+"""Expanding a declared sample source (path, glob, directory, URL) into concrete items.
+
+A directory of 100k images is the common case, so the walk is the hot loop of a
+no-op plan: it uses ``os.scandir`` on directory descriptors (the kernel resolves
+each name relative to its directory) and keeps the ``stat`` it needs anyway, so
+resolve never stats a file twice.
+"""
 
 from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import unquote, urlparse
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})
+_IMAGE_SUFFIXES = tuple(IMAGE_EXTENSIONS)
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -16,13 +24,20 @@ class SourceError(Exception):
     """A source that does not resolve; the message is shown at the source's spec position."""
 
 
-@dataclass(frozen=True, slots=True)
-class SourceItem:
-    """One concrete sample location: a local file or a URL."""
+class SourceItem(NamedTuple):
+    """One concrete sample location: a local file or a URL.
+
+    A tuple, not a dataclass: a directory source makes one per file, and building
+    100k frozen dataclasses costs a noticeable share of a no-op plan. ``size`` is -1
+    when the item was not stat-ed during expansion (URLs, single files, globs).
+    """
 
     display: str  # relative to the spec directory for files, the URL otherwise
     path: str | None = None  # absolute path
     url: str | None = None
+    size: int = -1
+    mtime_ns: int = 0
+    inode: int = 0
 
 
 def is_url(text: str) -> bool:
@@ -30,7 +45,7 @@ def is_url(text: str) -> bool:
 
 
 def _is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return name.lower().endswith(_IMAGE_SUFFIXES) and not name.startswith(".")
 
 
 def expand(text: str, base_dir: Path, *, single: bool = False) -> list[SourceItem]:
@@ -47,7 +62,7 @@ def expand(text: str, base_dir: Path, *, single: bool = False) -> list[SourceIte
         items = [
             SourceItem(display=m, path=os.path.join(base, m))
             for m in matches
-            if _is_image_name(m) and os.path.isfile(os.path.join(base, m))
+            if _is_image_name(os.path.basename(m)) and os.path.isfile(os.path.join(base, m))
         ]
         if not items:
             raise SourceError(f"no image files match: {text}")
@@ -56,7 +71,7 @@ def expand(text: str, base_dir: Path, *, single: bool = False) -> list[SourceIte
     if os.path.isdir(full):
         if single:
             raise SourceError(f"a sample with a uid must name one file, not a directory: {text}")
-        items = _walk_images(full, text)
+        items = walk_images(full, text)
         if not items:
             raise SourceError(f"no image files in directory: {text}")
         return items
@@ -65,16 +80,52 @@ def expand(text: str, base_dir: Path, *, single: bool = False) -> list[SourceIte
     raise SourceError(f"no such file: {text}")
 
 
-def _walk_images(full: str, shown: str) -> list[SourceItem]:
-    """Every image file under a directory, recursively, in sorted relative-path order."""
-    found: list[tuple[str, str]] = []
-    shown = os.path.normpath(shown)
-    for dirpath, dirnames, filenames in os.walk(full):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        sub = dirpath[len(full) :].lstrip(os.sep)  # cheaper than relpath over 100k files
-        prefix = os.path.join(shown, sub) if sub else shown
-        for name in filenames:
-            if _is_image_name(name) and not name.startswith("."):
-                found.append((os.path.join(prefix, name), os.path.join(dirpath, name)))
-    found.sort()
-    return [SourceItem(display=d, path=p) for d, p in found]
+def walk_images(full: str, shown: str) -> list[SourceItem]:
+    """Every image file under a directory, recursively (hidden entries skipped), sorted by
+    relative path, each with its size, mtime_ns and inode."""
+    found: list[SourceItem] = []
+    _scan(os.path.normpath(full), os.path.normpath(shown), found)
+    found.sort(key=itemgetter(0))
+    return found
+
+
+def _scan(directory: str, shown: str, found: list[SourceItem]) -> None:
+    """One directory: files into ``found``, then its subdirectories (the loop per entry is the
+    hot path: keep it to a name test, one stat and one tuple). Like os.walk, symlinked
+    directories are not followed; an unreadable directory is an error, not a silent gap."""
+    subdirs: list[str] = []
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY) if _SCANDIR_FD else None
+    except OSError as exc:
+        raise SourceError(f"cannot read directory {shown}: {exc.strerror}") from None
+    try:
+        with os.scandir(fd if fd is not None else directory) as entries:
+            append = found.append
+            for entry in entries:
+                name = entry.name
+                if name[0] == ".":
+                    continue
+                if entry.is_dir():
+                    if not entry.is_symlink():
+                        subdirs.append(name)
+                elif name.lower().endswith(_IMAGE_SUFFIXES):
+                    try:
+                        st = entry.stat()  # with a dir fd: fstatat(fd, name), no path walk from /
+                    except OSError:  # e.g. a dangling symlink: resolve's own stat reports it
+                        append(SourceItem(shown + "/" + name, directory + "/" + name))
+                        continue
+                    append(
+                        SourceItem(
+                            shown + "/" + name, directory + "/" + name, None, st.st_size, st.st_mtime_ns, st.st_ino
+                        )
+                    )
+    except OSError as exc:
+        raise SourceError(f"cannot read directory {shown}: {exc.strerror}") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+    for name in subdirs:
+        _scan(directory + "/" + name, shown + "/" + name, found)
+
+
+_SCANDIR_FD = os.scandir in os.supports_fd and hasattr(os, "O_DIRECTORY")

@@ -66,7 +66,7 @@ class ModelState:
 @dataclass
 class State:
     serial: int = 0
-    lineage: str = field(default_factory=lambda: str(uuid.uuid4()))
+    lineage: str = ""  # assigned on first save: identifies this state across serials
     models: dict[str, ModelState] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -94,7 +94,7 @@ def load_state(workdir: Path) -> State:
         raise UserError(f"{path}: unsupported state format {raw.get('format_version')!r}")
     return State(
         serial=int(raw.get("serial", 0)),
-        lineage=str(raw.get("lineage") or uuid.uuid4()),
+        lineage=str(raw.get("lineage") or ""),
         models={k: ModelState.from_json(v) for k, v in raw.get("models", {}).items()},
     )
 
@@ -102,6 +102,7 @@ def load_state(workdir: Path) -> State:
 def save_state(workdir: Path, state: State) -> None:
     """Bump the serial and write atomically."""
     state.serial += 1
+    state.lineage = state.lineage or str(uuid.uuid4())
     body = json.dumps(state.to_json(), indent=1, sort_keys=False)
     write_atomic(state_dir(workdir) / "state.json", body.encode())
 
@@ -149,3 +150,36 @@ class StateLock:
 
 def command_line() -> str:
     return " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv[1:3]))
+
+
+def reconcile_with_remote(state: State, remotes: dict[str, Any]) -> bool:
+    """Bring the state's record of samples in line with what the remote really holds.
+
+    An apply killed between an upload landing and the state being saved leaves intents
+    (``pending``) behind; the refreshed remote tells which landed. Returns True if the
+    state changed. ``remotes`` maps model keys to refreshed RemoteModel (or None).
+    """
+    changed = False
+    for key, remote in remotes.items():
+        mstate = state.models.get(key)
+        if mstate is None or remote is None or mstate.remote_id != remote.remote_id:
+            continue
+        present = {s.uid: s for s in remote.samples if s.uid is not None}
+        by_remote_id = {str(v.get("remote_id")): u for u, v in mstate.samples.items() if v.get("remote_id")}
+        for s in remote.samples:  # vendors without uids: match by the remote id we recorded
+            if s.uid is None and s.remote_id in by_remote_id:
+                present[by_remote_id[s.remote_id]] = s
+        for uid, entry in list(mstate.samples.items()):
+            landed = present.get(uid)
+            if entry.get("pending"):
+                if landed is None:
+                    del mstate.samples[uid]  # never landed: the plan uploads it again, with a new intent
+                else:
+                    mstate.samples[uid] = {"class": landed.class_name, "digest": entry.get("digest")}
+                    if landed.remote_id:
+                        mstate.samples[uid]["remote_id"] = landed.remote_id
+                changed = True
+            elif landed is not None and landed.remote_id and entry.get("remote_id") != landed.remote_id:
+                entry["remote_id"] = landed.remote_id
+                changed = True
+    return changed

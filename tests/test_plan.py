@@ -113,7 +113,7 @@ def test_added_sample_uploads_and_retrains_with_reason():
     train = ops[-1]
     assert train.dataset_digest == new.dataset_digest
     assert train.previous_dataset_digest == old.dataset_digest
-    assert "1 samples added" in train.reason
+    assert "1 sample added" in train.reason
 
 
 def test_removed_managed_sample_is_deleted():
