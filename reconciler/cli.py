@@ -71,7 +71,7 @@ def validate(ctx: typer.Context) -> None:
     from reconciler.engine import check_spec
 
     ws = _ws(ctx)
-    check_spec(ws)
+    check_spec(ws, sources=True)
     n = len(ws.spec.models)
     print(f"{ws.spec_path.name}: valid ({n} model{'s' if n != 1 else ''}).")
 

@@ -21,10 +21,15 @@ class Planned:
     refreshed: Refreshed
 
 
-def check_spec(ws: Workspace, targets: tuple[str, ...] = ()) -> None:
-    """Everything validate checks: schema, semantics, provider capabilities, targets."""
+def check_spec(ws: Workspace, targets: tuple[str, ...] = (), *, sources: bool = False) -> None:
+    """Everything validate checks: schema, semantics, provider capabilities, targets, and with
+    ``sources`` that every local source exists (plan leaves that to resolve, to expand once)."""
     spec = ws.spec
     problems = ws.capability_errors()
+    if sources:
+        from reconciler.resolve import source_diagnostics
+
+        problems.extend(str(d) for d in source_diagnostics(spec, targets))
     for t in targets:
         if t not in spec.models:
             known = ", ".join(sorted(spec.models)) or "none"

@@ -242,3 +242,20 @@ def _assemble(
                 uid, class_name, digest, size, display, it.path, it.url, caption, boxes, user_uid is not None
             )
     return samples, sources
+
+
+def source_diagnostics(spec: Any, targets: Iterable[str] = ()) -> list:
+    """Every declared local source that does not expand (no hashing, no network): for validate."""
+    wanted = set(targets)
+    diagnostics = []
+    for key, model in spec.models.items():
+        if wanted and key not in wanted:
+            continue
+        for class_name, class_spec in model.classes.items():
+            for index, entry in enumerate(class_spec.samples):
+                spec_path: SpecPath = ("models", key, "classes", class_name, "samples", index)
+                try:
+                    _expand_entry(key, class_name, entry, spec_path, spec.base_dir)
+                except SourceError as exc:
+                    diagnostics.append(spec.diagnostic(spec_path, str(exc)))
+    return diagnostics

@@ -14,6 +14,7 @@ from reconciler.providers.base import Provider, ProviderConfig
 
 class Workspace:
     def __init__(self, workdir: Path, spec_file: str = "modelsync.yaml"):
+        self.spec_file = spec_file
         self.workdir = workdir.resolve()
         self.spec_path = (self.workdir / spec_file).resolve()
         self._providers: dict[str, Provider] = {}
@@ -30,15 +31,16 @@ class Workspace:
         if not self.spec_path.exists():
             raise UserError(f"{self._shown_spec()}: no such file (use -C DIR or -f FILE)")
         try:
-            return load_spec(self.spec_path)
+            return load_spec(self.spec_path, shown=self._shown_spec())
         except SpecError as exc:
             raise UserError(*(str(d) for d in exc.diagnostics)) from None
 
     def _shown_spec(self) -> str:
+        """Relative to the working directory when inside it, else as given with -f (relative to -C)."""
         try:
-            return str(self.spec_path.relative_to(Path.cwd()))
+            return str(self.spec_path.relative_to(Path.cwd().resolve()))
         except ValueError:
-            return str(self.spec_path)
+            return self.spec_file
 
     def spec_digest(self) -> str:
         return "sha256:" + hashlib.sha256(self.spec_path.read_bytes()).hexdigest()

@@ -1,0 +1,108 @@
+"""Semantic checks: rules about how the parts of a spec fit together.
+
+They read the parsed data (after provider substitution) defensively rather than the
+validated Spec, so they still run when some unrelated part failed schema validation:
+one bad field does not hide a duplicate uid elsewhere. Anything they cannot make
+sense of they skip; schema validation reports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from specs.diagnostics import Issue, SpecPath, format_path
+from specs.messages import suggest
+from specs.models import TrainingSpec
+from specs.yamlread import plain_text
+
+Locate = Callable[[SpecPath], tuple[int, int]]
+
+
+def check_spec(data: dict[str, Any], locate: Locate) -> list[Issue]:
+    """Every semantic problem in the parsed spec ``data``."""
+    models = data.get("models")
+    if not isinstance(models, dict):
+        return []
+    names = _provider_names(data.get("providers"))
+    issues: list[Issue] = []
+    titles: dict[tuple[str, str], str] = {}  # (provider, title) -> first model key
+    for key, model in models.items():
+        if not isinstance(model, dict):
+            continue
+        provider = _provider(key, model, names, issues)
+        _check_training(key, model, issues)
+        _check_uids(key, model, locate, issues)
+        title = plain_text(model.get("title", key))
+        if provider is not None and isinstance(title, str):
+            first = titles.setdefault((provider, title), key)
+            if first != key:
+                where = ("models", key, "title") if "title" in model else ("models", key)
+                message = f"title '{title}' is already used by model '{first}' on provider '{provider}'"
+                issues.append(Issue(where, message, at="value" if "title" in model else "node"))
+    return issues
+
+
+def _provider_names(raw: Any) -> list[str] | None:
+    """Declared provider names (["local"] when none), or None when the section is unusable."""
+    if raw is None or raw == {}:
+        return ["local"]
+    return list(raw) if isinstance(raw, dict) else None
+
+
+def _provider(key: str, model: dict[str, Any], names: list[str] | None, issues: list[Issue]) -> str | None:
+    """The provider name the model resolves to, or None when it cannot be told."""
+    if names is None:
+        return None
+    name = plain_text(model.get("provider"))
+    if name is not None:
+        if not isinstance(name, str):
+            return None  # a type error: schema validation reports it
+        if name in names:
+            return name
+        close = suggest(name, names)
+        hint = f"did you mean '{close}'?" if close else "declared: " + ", ".join(names)
+        issues.append(Issue(("models", key, "provider"), f"unknown provider '{name}' ({hint})", at="value"))
+        return None
+    if len(names) == 1:
+        return names[0]
+    issues.append(Issue(("models", key), f"provider is required when several are declared (one of {', '.join(names)})"))
+    return None
+
+
+def _check_training(key: str, model: dict[str, Any], issues: list[Issue]) -> None:
+    classes = model.get("classes")
+    training = _valid(TrainingSpec, model.get("training", {}))
+    purpose = model.get("purpose", "classification")
+    if purpose != "classification" or training is None or not training.auto:
+        return
+    if isinstance(classes, dict) and len(classes) == 1:
+        message = "needs two classes or more to train; add a class or set training.auto: false"
+        issues.append(Issue(("models", key, "classes"), message))
+
+
+def _check_uids(key: str, model: dict[str, Any], locate: Locate, issues: list[Issue]) -> None:
+    """A user uid names one sample of the model; the second use points back at the first."""
+    first_use: dict[str, SpecPath] = {}
+    classes = model.get("classes")
+    for class_name, cls in (classes.items() if isinstance(classes, dict) else ()):
+        samples = cls.get("samples") if isinstance(cls, dict) else None
+        for i, entry in enumerate(samples if isinstance(samples, list) else ()):
+            uid = plain_text(entry.get("uid")) if isinstance(entry, dict) else None
+            if not isinstance(uid, str) or not uid:
+                continue
+            path: SpecPath = ("models", key, "classes", class_name, "samples", i, "uid")
+            first = first_use.setdefault(uid, path)
+            if first != path:
+                line, col = locate(first)
+                message = f"duplicate uid '{uid}': already used at line {line}, col {col} ({format_path(first)})"
+                issues.append(Issue(path, message, at="value"))
+
+
+def _valid(cls: type[BaseModel], raw: Any) -> Any:
+    try:
+        return cls.model_validate(raw)
+    except ValidationError:
+        return None
