@@ -219,6 +219,7 @@ def _apply_like(
             reporter = _reporter()
             result = Applier(ws, planned.state, planned.refreshed, parallelism=parallelism, reporter=reporter).run(p)
             _report_result(result, p, out)
+            _report_calls(ws, out)
             if not result.ok:
                 raise UserError(
                     *(f"{op.op} {_op_label(op)}: {msg}" for op, msg in result.failures),
@@ -246,6 +247,16 @@ def _reporter():
     from reconciler.progress import make_reporter
 
     return make_reporter()
+
+
+def _report_calls(ws: Any, out: Any) -> None:
+    """What the providers did over the network: requests, retries, 429s received."""
+    for name, provider in sorted(ws.providers_in_use().items()):
+        st = provider.stats
+        if st.requests:
+            out.print(
+                f"{name}: {st.requests:,} requests, {st.retries:,} retries, {st.throttled:,} throttled (HTTP 429)"
+            )
 
 
 def _report_result(result: Any, plan: Any, out: Any) -> None:

@@ -75,6 +75,9 @@ class Workspace:
         name, _ = self.spec.provider_for(key)
         return self.provider(name)
 
+    def providers_in_use(self) -> dict[str, Provider]:
+        return dict(self._providers)
+
     def close(self) -> None:
         for p in self._providers.values():
             p.close()

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from reconciler.local.db import SCHEMA_VERSION
 from reconciler.local.errors import ConflictError, InvalidInputError, LocalError, NotFoundError, StateError
+from reconciler.local.images import inspect_image
 from reconciler.local.jobs import version_name
 from reconciler.local.service import LocalService
 
@@ -153,6 +154,11 @@ def test_non_images_damaged_images_and_oversize_are_refused(tmp_path: Path):
         jpeg = png("square", 1, fmt="JPEG")
         with pytest.raises(InvalidInputError, match="damaged JPEG"):
             svc.add_sample(OWNER, m.id, "c", jpeg[: len(jpeg) // 2])
+
+        bomb = io.BytesIO()
+        Image.new("1", (9000, 9000)).save(bomb, format="PNG")  # tiny file, 81M pixels
+        with pytest.raises(InvalidInputError, match="bomb: 9000x9000 pixels is over the limit"):
+            inspect_image(bomb.getvalue(), max_bytes=10**6, what="bomb")
 
         big = png("circle", 1, size=400)
         assert len(big) > 2000
@@ -552,8 +558,8 @@ def test_a_model_deleted_while_training_stops_its_job(svc: LocalService):
 
 
 def test_progress_is_written_while_training(svc: LocalService):
-    mid = shapes_model(svc, n=6)
-    job = svc.start_training(OWNER, mid, config={"steps": 100_000})
+    mid = shapes_model(svc, n=10)
+    job = svc.start_training(OWNER, mid, config={"steps": 100_000}, model_type="medium")
     seen = set()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -151,6 +151,8 @@ def test_configure_maps_parameters(env):
         r = tool(client, action="configure", model_id=mid, config=config)
         assert r.status_code == 400 and r.json()["error"].startswith(message), (config, r.text)
     assert model(client, mid)["parameters"] == {"maxTrainSteps": 50, "learningRate": 0.2}
+    r = tool(client, action="configure", model_id=mid, config={})
+    assert r.status_code == 200 and model(client, mid)["parameters"] == {}  # {} resets to the trainer's defaults
 
 
 def _wait_status(client: httpx.Client, mid: str, want: set[str], timeout: float = 60.0) -> dict:

@@ -8,7 +8,6 @@ and Pillow must then open *and decode* it as that format, so a text file renamed
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 from PIL import Image
@@ -75,21 +74,21 @@ def inspect_image(data: bytes, *, max_bytes: int, what: str = "image") -> ImageI
     media_type = check_header(data, max_bytes=max_bytes, what=what)
     expected = _FORMATS[media_type]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=[expected]) as img:
-                width, height = img.size
-                if width <= 0 or height <= 0:
-                    raise InvalidInputError(f"{what}: image has no pixels ({width}x{height})")
-                if width * height > MAX_PIXELS:
-                    raise InvalidInputError(f"{what}: {width}x{height} pixels is over the limit of {MAX_PIXELS:,}")
-                img.verify()
-            # verify() checks structure (PNG CRCs) but not that the pixels decode: do that too.
-            with Image.open(io.BytesIO(data), formats=[expected]) as img:
-                img.load()
+        # (no warnings.catch_warnings here: it is not thread-safe; our own pixel limit,
+        # checked before decoding, is below Pillow's decompression-bomb threshold)
+        with Image.open(io.BytesIO(data), formats=[expected]) as img:
+            width, height = img.size
+            if width <= 0 or height <= 0:
+                raise InvalidInputError(f"{what}: image has no pixels ({width}x{height})")
+            if width * height > MAX_PIXELS:
+                raise InvalidInputError(f"{what}: {width}x{height} pixels is over the limit of {MAX_PIXELS:,}")
+            img.verify()
+        # verify() checks structure (PNG CRCs) but not that the pixels decode: do that too.
+        with Image.open(io.BytesIO(data), formats=[expected]) as img:
+            img.load()
     except InvalidInputError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise InvalidInputError(f"{what}: too many pixels to decode safely") from None
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
         detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__

@@ -264,7 +264,14 @@ class JobManager:
 
     # -- training ----------------------------------------------------------------------
     def _run_training(self, job_id: int) -> None:
-        from reconciler.local.trainer import InvalidImage, TrainingCanceled, TrainingError, TrainSample, train
+        from reconciler.local.trainer import (
+            InvalidImage,
+            InvalidWeights,
+            TrainingCanceled,
+            TrainingError,
+            TrainSample,
+            train,
+        )
 
         with self.db.write() as c:
             row = c.execute(
@@ -313,7 +320,7 @@ class JobManager:
             self._fail("training", job_id, "canceled" if not self._closing.is_set() else "canceled: service closed",
                        state="canceled")
             return
-        except (TrainingError, InvalidImage) as exc:
+        except (TrainingError, InvalidImage, InvalidWeights) as exc:
             self._fail("training", job_id, str(exc) or type(exc).__name__)
             return
         del samples

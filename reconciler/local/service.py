@@ -414,30 +414,33 @@ class LocalService:
         save_name = checks.text(save_name, "save_name", optional=True)
         cfg = checks.config(config) if config is not None else None
         self.jobs.reap()
-        with self.db.write() as c:
-            mid, purpose = self._check_model(c, owner, model_id)
-            if c.execute(
-                "SELECT 1 FROM training_jobs WHERE model_id = ? AND state IN ('queued', 'training')", (mid,)
-            ).fetchone():
-                raise ConflictError("Model is already training")
-            if cfg is None:
-                stored = c.execute("SELECT config FROM models WHERE id = ?", (mid,)).fetchone()[0]
-                cfg = json.loads(stored) if stored else {}
-            _checked_config(cfg)
-            _check_trainable(c, mid, purpose)
-            base_weights = self._resolve_base(c, owner, mid, base) if base else None
-            digest = config_digest or _config_digest(model_type, base, cfg)
-            job_id = c.execute(
-                "INSERT INTO training_jobs (model_id, state, config, config_digest, model_type, base, base_weights, "
-                "save_name, runner, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
-                (mid, to_json(cfg), digest, model_type, base, base_weights, save_name, process_token(), time.time()),
-            ).lastrowid
-            self.jobs.claim("training", job_id)
+        job_id, started = None, False
         try:
-            self.jobs.launch("training", job_id)
-        except BaseException:
-            self.jobs.unclaim("training", job_id)
-            raise
+            with self.db.write() as c:
+                mid, purpose = self._check_model(c, owner, model_id)
+                if c.execute(
+                    "SELECT 1 FROM training_jobs WHERE model_id = ? AND state IN ('queued', 'training')", (mid,)
+                ).fetchone():
+                    raise ConflictError("Model is already training")
+                if cfg is None:
+                    stored = c.execute("SELECT config FROM models WHERE id = ?", (mid,)).fetchone()[0]
+                    cfg = json.loads(stored) if stored else {}
+                _checked_config(cfg)
+                _check_trainable(c, mid, purpose)
+                base_weights = self._resolve_base(c, owner, mid, base) if base else None
+                digest = config_digest or _config_digest(model_type, base, cfg)
+                job_id = c.execute(
+                    "INSERT INTO training_jobs (model_id, state, config, config_digest, model_type, base, "
+                    "base_weights, save_name, runner, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (mid, to_json(cfg), digest, model_type, base, base_weights, save_name, process_token(),
+                     time.time()),
+                ).lastrowid
+                self.jobs.claim("training", job_id)  # before the commit: see JobManager.claim
+            started = True
+        finally:
+            if job_id is not None and not started:
+                self.jobs.unclaim("training", job_id)  # the commit failed
+        self.jobs.launch("training", job_id)
         return TrainingJob(job_id, mid, "queued", 0.0, None, None)
 
     def _resolve_base(self, c: sqlite3.Connection, owner: str, model_id: int, base: str) -> str:
@@ -629,21 +632,24 @@ class LocalService:
         project = checks.text(project, "project", optional=True)
         options = _thresholds(confidence_thresh, overlap_thresh)
         digests = [self.blobs.put(bytes(data)) for _, data in inputs]
-        with self.db.write() as c:
-            mid, _ = self._check_model(c, owner, model_id)
-            rec = self._resolve_version(c, mid, version)
-            job_id = c.execute(
-                "INSERT INTO inference_jobs (owner, model_id, version, state, total, inputs, options, output_layer, "
-                "project, runner, created_at) VALUES (?, ?, ?, 'Queued', ?, ?, ?, ?, ?, ?, ?)",
-                (owner, mid, rec.version, len(inputs), json.dumps([list(p) for p in zip(names, digests, strict=True)]),
-                 json.dumps(options), output_layer, project, process_token(), time.time()),
-            ).lastrowid
-            self.jobs.claim("inference", job_id)
+        inputs_json = json.dumps([list(p) for p in zip(names, digests, strict=True)])
+        job_id, started = None, False
         try:
-            self.jobs.launch("inference", job_id)
-        except BaseException:
-            self.jobs.unclaim("inference", job_id)
-            raise
+            with self.db.write() as c:
+                mid, _ = self._check_model(c, owner, model_id)
+                rec = self._resolve_version(c, mid, version)
+                job_id = c.execute(
+                    "INSERT INTO inference_jobs (owner, model_id, version, state, total, inputs, options, "
+                    "output_layer, project, runner, created_at) VALUES (?, ?, ?, 'Queued', ?, ?, ?, ?, ?, ?, ?)",
+                    (owner, mid, rec.version, len(inputs), inputs_json, json.dumps(options), output_layer, project,
+                     process_token(), time.time()),
+                ).lastrowid
+                self.jobs.claim("inference", job_id)  # before the commit: see JobManager.claim
+            started = True
+        finally:
+            if job_id is not None and not started:
+                self.jobs.unclaim("inference", job_id)  # the commit failed
+        self.jobs.launch("inference", job_id)
         return InferenceJob(job_id, owner, mid, rec.version, "Queued", len(inputs), 0, (), None, output_layer, project)
 
     def get_inference_job(self, owner: str, job_id: int) -> InferenceJob:

@@ -13,7 +13,8 @@ What the API makes hard, and how this provider copes:
   items one by one) and never more.
 * config: the spec's names (steps, learning_rate, batch_size) are sent as Scenario's
   (maxTrainSteps, learningRate, batchSize) and read back the same way, so an unchanged
-  config plans nothing.
+  config plans nothing. ``start`` takes no config, so each training run first sends its
+  config with ``configure`` (an empty one resets the trainer's defaults).
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ def _is_url(text: str | None) -> bool:
 
 
 def version_of(v: dict[str, Any]) -> VersionInfo:
+    """A trained version. Its config digest is left to the reconciler's own record: the remote one
+    is computed over the trainer's names, which differ from the spec's when it uses Scenario's."""
     return VersionInfo(
         version=str(v.get("version")),
         dataset_digest=v.get("datasetDigest") or None,
-        config_digest=v.get("configDigest") or None,
+        config_digest=None,
         trained_at=v.get("trainedAt") or None,
         metrics=v.get("metrics") or {},
         status=str(v.get("status") or "trained"),
@@ -72,6 +75,9 @@ class ScenarioProvider(Provider):
     capabilities = frozenset(
         {
             caps.CAP_MODELS,
+            # Images are filed under image_data.className (a modelsync extension): without two
+            # classes the spec refuses auto training, and the embedded trainer cannot train.
+            caps.CAP_CLASSES,
             caps.CAP_UPLOAD_URLS,
             caps.CAP_DELETE_SAMPLE,
             caps.CAP_CAPTIONS,
@@ -248,6 +254,8 @@ class ScenarioProvider(Provider):
         self._tool("configure", remote_id, "configure", config=to_params(config))
 
     def start_training(self, remote_id: str, request: TrainRequest) -> str:
+        """configure (the run's config travels with it) then start; the handle is the job id."""
+        self.configure(remote_id, dict(request.config))
         before = (self._model(remote_id).get("trainingJob") or {}).get("id")
 
         def current_job() -> Any:

@@ -77,6 +77,18 @@ class CreateImageSourceBody(BaseModel):
     directoryIdentifier: str | None = Field(default=None, max_length=200)  # noqa: N815
 
 
+def as_id(ident: Ident) -> int | None:
+    """An identifier that looks like an id (an int, or ASCII digits) -> the int; else None."""
+    if isinstance(ident, bool):
+        return None
+    if isinstance(ident, int):
+        return ident if 0 <= ident < 10**18 else -1
+    text = str(ident).strip()
+    if text.isascii() and text.isdigit() and len(text) <= 18:
+        return int(text)
+    return None
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -129,15 +141,15 @@ class Registry:
 
     def find_project(self, owner: str, ident: Ident) -> tuple[int, str, str] | None:
         """A project by id (int or digit string) or by name: (id, group, name)."""
+        number = as_id(ident)
         with self._lock:
-            text = str(ident).strip()
-            if text.isdigit():
+            if number is not None:
                 row = self._conn.execute("SELECT id, group_name, name FROM projects WHERE owner = ? AND id = ?",
-                                         (owner, int(text))).fetchone()
-                if row is not None:
+                                         (owner, number)).fetchone()
+                if row is not None or isinstance(ident, int):
                     return row
             return self._conn.execute("SELECT id, group_name, name FROM projects WHERE owner = ? AND name = ?",
-                                      (owner, text)).fetchone()
+                                      (owner, str(ident).strip())).fetchone()
 
     def project_by_id(self, owner: str, project_id: int) -> tuple[int, str, str] | None:
         with self._lock:
@@ -148,10 +160,11 @@ class Registry:
     def layer(self, project_id: int, ident: Ident) -> tuple[int, str] | None:
         """An existing layer by id or name, or a new one for a name (ids must exist)."""
         text = str(ident).strip()
+        number = as_id(ident)
         with self.tx() as c:
-            if isinstance(ident, int) or text.isdigit():
+            if number is not None:
                 row = c.execute("SELECT id, name FROM layers WHERE project_id = ? AND id = ?",
-                                (project_id, int(text))).fetchone()
+                                (project_id, number)).fetchone()
                 if row is not None or isinstance(ident, int):
                     return row
             row = c.execute("SELECT id, name FROM layers WHERE project_id = ? AND name = ?",
@@ -301,9 +314,10 @@ def router(ctx: ServeContext) -> APIRouter:
         if not text:
             raise ApiError(400, "modelIdentifier: must not be empty")
         models = svc.list_models(p.owner)
-        if isinstance(ident, int) or text.isdigit():
+        number = as_id(ident)
+        if number is not None:
             for m in models:
-                if m.id == int(text):
+                if m.id == number:
                     return m.id
         named = [m.id for m in models if m.title == text]
         if len(named) > 1:
@@ -431,7 +445,7 @@ def router(ctx: ServeContext) -> APIRouter:
         name = body.projectName.strip()
         if not name:
             raise ApiError(400, "projectName: must not be empty")
-        if name.isdigit():
+        if as_id(name) is not None:
             raise ApiError(400, f"projectName: must not be only digits (ids are), got {name!r}")
         pid, g, n, created = registry.create_project(p.owner, group, name)
         if not created and g != group:

@@ -160,8 +160,8 @@ def trainer_config(raw: Any) -> dict[str, Any]:
             raw = json.loads(raw)
         except ValueError:
             raise ApiError(400, "config: expected an object of training parameters, got a non-JSON string") from None
-    if not isinstance(raw, dict) or not raw:
-        raise ApiError(400, "config: required for configure (an object such as {\"maxTrainSteps\": 1200})")
+    if not isinstance(raw, dict):
+        raise ApiError(400, "config: required for configure (an object such as {\"maxTrainSteps\": 1200}; {} resets)")
     out: dict[str, Any] = {}
     given: dict[str, str] = {}  # trainer key -> the name the caller used
     for key, value in raw.items():

@@ -2,13 +2,15 @@
 
 Training: every box is cropped (plus a few jittered crops) as a positive example of its
 label; windows of the scanning grid that overlap no box (IoU < 0.1) are sampled as the
-``__background__`` class. Prediction: the image is resized once per window shape so the
-window becomes the feature resolution S, every S x S patch on a stride grid is cut out
-with one ``sliding_window_view`` (no Python loop over windows), all patches are scored
-in batches, background and low-confidence windows are dropped, and greedy non-maximum
-suppression (class-agnostic: one object, one box) keeps the best of overlapping windows.
-Each kept box is then refined to the confidence-weighted mean of the same-label windows
-it suppressed with high overlap, which removes most of the stride quantisation.
+``__background__`` class, plus a few that cut through an object (IoU < 0.3); the trainer
+then mines its own false positives once (see train.py). Prediction: the image is resized
+once per window shape so a window becomes S - 2c pixels, every S x S patch on a stride
+grid (the window plus a c-pixel context ring) is cut out with one ``sliding_window_view``
+(no Python loop over windows), all patches are scored in batches, background and
+low-confidence windows are dropped, and greedy non-maximum suppression (class-agnostic:
+one object, one box) keeps the best of overlapping windows. Each kept box is then refined
+to the confidence-weighted mean of the same-label windows around it (IoU >= 0.5), which
+removes most of the stride quantisation.
 
 Window shapes come from the training boxes: sizes relative to the image's shorter side
 on a geometric ladder (ratio 1.2) spanning the boxes seen, and up to three aspect ratios.
@@ -91,10 +93,10 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def containment(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(N, M): the share of each b box's area that lies inside each a box."""
-    iw = np.clip(np.minimum(a[:, 0:1] + a[:, 2:3], b[None, :, 0] + b[None, :, 2]) - np.maximum(a[:, 0:1], b[None, :, 0]),
-                 0, None)
-    ih = np.clip(np.minimum(a[:, 1:2] + a[:, 3:4], b[None, :, 1] + b[None, :, 3]) - np.maximum(a[:, 1:2], b[None, :, 1]),
-                 0, None)
+    ax1, ay1 = a[:, 0:1] + a[:, 2:3], a[:, 1:2] + a[:, 3:4]
+    bx1, by1 = b[None, :, 0] + b[None, :, 2], b[None, :, 1] + b[None, :, 3]
+    iw = np.clip(np.minimum(ax1, bx1) - np.maximum(a[:, 0:1], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(ay1, by1) - np.maximum(a[:, 1:2], b[None, :, 1]), 0, None)
     return iw * ih / np.maximum(b[None, :, 2] * b[None, :, 3], 1e-12)
 
 

@@ -100,7 +100,8 @@ def features(pixels: np.ndarray) -> np.ndarray:
     grey = rgb @ _GREY
     half = size // 2
     e = 2 * half
-    pooled = (rgb[:, 0:e:2, 0:e:2] + rgb[:, 1:e:2, 0:e:2] + rgb[:, 0:e:2, 1:e:2] + rgb[:, 1:e:2, 1:e:2]) * np.float32(0.25)
+    pooled = rgb[:, 0:e:2, 0:e:2] + rgb[:, 1:e:2, 0:e:2] + rgb[:, 0:e:2, 1:e:2] + rgb[:, 1:e:2, 1:e:2]
+    pooled *= np.float32(0.25)
     flat = rgb.reshape(n, -1, 3)
     ones = np.full(flat.shape[1], 1.0 / flat.shape[1], dtype=np.float32)
     mean = ones @ flat  # matmul: a strided mean over the pixel axis is 10x slower

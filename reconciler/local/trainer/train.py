@@ -20,7 +20,6 @@ from reconciler.local.trainer.classifier import Fit, fit_softmax
 from reconciler.local.trainer.config import TrainConfig, check_model_type, parse_config
 from reconciler.local.trainer.dataset import BACKGROUND, Item, TrainResult, TrainSample, prepare, split_holdout
 from reconciler.local.trainer.detection import (
-    NEAR_MISS_IOU,
     DetectionParams,
     background_patches,
     clip_box,
@@ -286,7 +285,8 @@ def _hard_negatives(weights: ModelWeights, items: list[Item], report: _Progress,
         best = probs.argmax(axis=1)
         conf = probs[np.arange(len(best)), best]
         overlap = iou_matrix(windows, boxes).max(axis=1) if len(boxes) else np.zeros(len(windows))
-        wrong = np.flatnonzero((best != len(weights.classes) - 1) & (conf >= MINE_CONFIDENCE) & (overlap < MINE_IOU))
+        is_object = best != len(weights.classes) - 1
+        wrong = np.flatnonzero(is_object & (conf >= MINE_CONFIDENCE) & (overlap < MINE_IOU))
         limit = MINED_BASE + MINED_PER_BOX * len(boxes)
         if len(wrong) > limit:
             wrong = wrong[np.lexsort((wrong, -conf[wrong]))[:limit]]

@@ -1,0 +1,177 @@
+"""The AnnoLab provider: batch inference on an existing model against `modelsync serve` on
+loopback (sources uploaded, job polled, predictions read from the output layer), the refusals
+of what AnnoLab does not let modelsync do, keys and the "Model Run" permission, and
+`modelsync infer` end to end through the CLI."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler.local.serve.auth import PERM_UPLOAD, PERM_VIEW, KeyInfo
+from reconciler.model import ImageInput, InferenceStatus
+from reconciler.providers import make_provider
+from reconciler.providers.annolab import AnnoLabProvider, predictions_from
+from reconciler.providers.base import NotFound, NotSupported, ProviderConfig, ProviderError
+from tests.cli_helpers import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "examples" / "quickstart" / "data"
+UNSEEN = REPO / "examples" / "quickstart" / "unseen"
+KEY_A, KEY_B, KEY_NORUN = "annolab-key-a-1", "annolab-key-b-2", "annolab-key-norun-3"
+KEYS = {
+    KEY_A: KeyInfo(owner="alice"),
+    KEY_B: KeyInfo(owner="bob"),
+    KEY_NORUN: KeyInfo(owner="alice", permissions=frozenset({PERM_VIEW, PERM_UPLOAD})),
+}
+TITLE = "Shapes Classifier"
+
+
+def provider(base_url: str, key: str = KEY_A, **options) -> AnnoLabProvider:
+    options.setdefault("backoff_base", 0.02)
+    options.setdefault("group_name", "Company Name")
+    options.setdefault("project", "My Project")
+    options.setdefault("output_layer", "Gold Set")
+    cfg = ProviderConfig(name="al", type="annolab", api_key=key, base_url=base_url, options=options)
+    p = make_provider(cfg)
+    assert isinstance(p, AnnoLabProvider)
+    return p
+
+
+def trained_model(service, owner: str = "alice") -> int:
+    m = service.create_model(owner, TITLE)
+    for kind in ("circle", "square"):
+        for f in sorted((DATA / kind).glob("*.png")):
+            service.add_sample(owner, m.id, kind, f.read_bytes())
+    job = service.wait_training(owner, service.start_training(owner, m.id).id, timeout=60)
+    assert job.state == "trained", job
+    return m.id
+
+
+def run_to_end(p: AnnoLabProvider, job_id: str) -> InferenceStatus:
+    deadline = time.monotonic() + 60
+    status = p.inference_status(job_id)
+    while not status.finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+        status = p.inference_status(job_id)
+    return status
+
+
+@pytest.fixture
+def server(serve_thread):
+    s = serve_thread(keys=KEYS, rate_limit=None, total_rate_limit=None)
+    trained_model(s.service)
+    return s
+
+
+def test_inference_cycle_against_serve(server):
+    p = provider(server.base_url)
+    try:
+        (summary,) = p.list_models()
+        assert summary.title == TITLE
+        model = p.view_model(summary.remote_id)
+        assert model.title == TITLE and model.samples == [] and len(model.versions) == 1
+        with pytest.raises(NotSupported, match="AnnoLab"):
+            p.create_model("new", "vision", "classification", ())
+        with pytest.raises(NotFound):
+            p.view_model("999")
+
+        files = sorted(UNSEEN.glob("*.png"))
+        images = [ImageInput(name=f.name, data=f.read_bytes()) for f in files]
+        job = p.start_inference(summary.remote_id, None, images)
+        status = run_to_end(p, job)
+        assert status.state == "Finished" and (status.done, status.total) == (6, 6) and status.error is None
+        assert [r.input for r in status.results] == [f.name for f in files]
+        for r in status.results:
+            assert r.label == r.input.split("-")[0] and 0.5 < r.confidence <= 1.0 and r.scores
+
+        # a second job in the same project and layer: the project is reused, the version pinned
+        job2 = p.start_inference(summary.remote_id, model.versions[0].version, images[:1])
+        status2 = run_to_end(p, job2)
+        assert [r.input for r in status2.results] == [files[0].name]
+        with pytest.raises(ProviderError, match="not found"):
+            p.start_inference(summary.remote_id, "19990101_000000", images[:1])
+    finally:
+        p.close()
+
+    # a fresh provider (another process, say) polls a job it did not start
+    q = provider(server.base_url)
+    try:
+        status = q.inference_status(job)
+        assert status.state == "Finished" and [r.label for r in status.results][:3] == ["circle"] * 3
+    finally:
+        q.close()
+
+
+def test_keys_and_model_run_permission(server):
+    a, b, norun, bad = (provider(server.base_url, k) for k in (KEY_A, KEY_B, KEY_NORUN, "wrong-key"))
+    try:
+        mid = a.list_models()[0].remote_id
+        image = [ImageInput(name="c.png", data=(UNSEEN / "circle-00.png").read_bytes())]
+        with pytest.raises(ProviderError) as exc:
+            bad.list_models()
+        assert "(HTTP 401)" in str(exc.value) and "wrong-key" not in str(exc.value)
+        with pytest.raises(ProviderError) as exc:
+            norun.start_inference(mid, None, image)
+        assert exc.value.status == 403 and "Model Run" in str(exc.value)
+        job = a.start_inference(mid, None, image)
+        with pytest.raises(NotFound):
+            b.inference_status(job)  # another key's job
+        with pytest.raises(NotFound):
+            norun.inference_status(job)
+        assert b.list_models() == []
+        with pytest.raises(ProviderError, match="modelIdentifier"):
+            b.start_inference(mid, None, image)
+    finally:
+        for p in (a, b, norun, bad):
+            p.close()
+    nogroup = provider(server.base_url, group_name=None)
+    try:
+        with pytest.raises(ProviderError, match="group_name"):
+            nogroup.start_inference("1", None, [ImageInput(name="x", data=b"x")])
+    finally:
+        nogroup.close()
+
+
+def test_predictions_from_layer_annotations():
+    annotations = [
+        {"sourceId": 1, "value": "cat", "type": "cat", "confidence": 0.8, "scores": {"cat": 0.8, "dog": 0.2}},
+        {"sourceId": 2, "value": "dog", "type": "dog", "confidence": 0.6, "bbox": [1, 2, 3, 4]},
+        {"sourceId": 2, "value": "cat", "type": "cat", "confidence": 0.9, "bbox": [5, 6, 7, 8]},
+        {"sourceId": 99, "value": "x", "confidence": 1.0},
+    ]
+    preds = predictions_from(annotations, [1, 2, 3], {1: "a.png", 2: "b.png"})
+    assert [(p.input, p.label) for p in preds] == [("a.png", "cat"), ("b.png", "cat"), ("3", None)]
+    assert preds[0].scores == {"cat": 0.8, "dog": 0.2} and len(preds[1].boxes) == 2
+
+
+def test_modelsync_infer_through_the_cli(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("ANNOLAB_TEST_KEY", KEY_A)
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "modelsync.yaml").write_text(
+        "version: 1\n"
+        "providers:\n"
+        "  al:\n"
+        "    type: annolab\n"
+        "    api_key: ${env:ANNOLAB_TEST_KEY}\n"
+        f"    base_url: {server.base_url}\n"
+        "    group_name: Company Name\n"
+        "    project: My Project\n"
+        "    output_layer: Gold Set\n"
+        "models:\n"
+        "  shapes:\n"
+        f"    title: {TITLE}\n"
+        "    classes:\n"
+        "      circle: {samples: [unused.png]}\n"  # the schema wants a class; infer ignores it
+        "    training: {auto: false}\n"
+    )
+    sources = [str(UNSEEN / "circle-01.png"), str(UNSEEN / "square-02.png")]
+    r = run_cli(project, "infer", "shapes", "--sources", sources[0], "--sources", sources[1], "--json")
+    assert r.code == 0, r.err
+    body = r.json()
+    assert body["status"] == "Finished" and (body["done"], body["total"]) == (2, 2)
+    assert [(x["input"], x["label"]) for x in body["results"]] == [(sources[0], "circle"), (sources[1], "square")]
+    assert KEY_A not in r.out + r.err
