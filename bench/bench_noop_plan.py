@@ -19,7 +19,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WORK, ensure_dataset, fmt_runs, header, median, modelsync_cmd, run_measured  # noqa: E402
+from common import (  # noqa: E402
+    WORK,
+    ensure_dataset,
+    fmt_runs,
+    header,
+    median,
+    modelsync_cmd,
+    prepare_applied,
+    run_measured,
+)
 
 DVC_VENV = WORK / "dvc-venv"
 
@@ -52,16 +61,6 @@ def prepare_dvc(dvc: Path, root: Path, classes: list[str]) -> None:
     marker.touch()
 
 
-def prepare_modelsync(root: Path) -> None:
-    """Apply once (the embedded backend holds every sample), then the plan must be empty."""
-    ms = modelsync_cmd()
-    check = run_measured([*ms, "plan", "--detailed-exitcode"], cwd=root)
-    if check.returncode == 2:
-        t0 = time.perf_counter()
-        run_measured([*ms, "apply", "--auto-approve", "--parallelism", "10"], cwd=root)
-        print(f"modelsync apply (once, embedded backend): {time.perf_counter() - t0:.1f} s")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=100_000, help="images (default 100000)")
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if dvc is not None:
         print(f"dvc: {dvc_version(dvc)}")
         prepare_dvc(dvc, root, classes)  # before modelsync: dvc add may rewrite the files
-    prepare_modelsync(root)
+    prepare_applied(root)
 
     ms_cmd = [*modelsync_cmd(), "plan", "--detailed-exitcode"]
     # Warm-up: both tools' caches are filled and the page cache holds the files.

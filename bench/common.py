@@ -61,6 +61,15 @@ class Run:
     stderr: str
 
 
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a measured command: as a user's shell has it. Bytecode caching is
+    on (a sandbox may set PYTHONDONTWRITEBYTECODE, which would recompile every module of
+    modelsync on every run and measure the compiler)."""
+    out = dict(os.environ if env is None else env)
+    out.pop("PYTHONDONTWRITEBYTECODE", None)
+    return out
+
+
 def run_measured(
     cmd: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None, check: bool = True
 ) -> Run:
@@ -69,6 +78,7 @@ def run_measured(
     For a command that forks workers the figure is the largest process (Linux's ru_maxrss
     semantics), which is the main process for modelsync.
     """
+    env = child_env(env)
     out_path = WORK / f".out-{os.getpid()}"
     err_path = WORK / f".err-{os.getpid()}"
     WORK.mkdir(parents=True, exist_ok=True)
@@ -110,6 +120,16 @@ def ensure_dataset(n: int, k: int, directory: Path, *extra: str) -> Path:
     return directory
 
 
+def prepare_applied(root: Path) -> None:
+    """Apply the dataset's spec once (so a plan is a no-op), unless the plan is already empty."""
+    ms = modelsync_cmd()
+    check = run_measured([*ms, "plan", "--detailed-exitcode"], cwd=root)
+    if check.returncode == 2:
+        t0 = time.perf_counter()
+        run_measured([*ms, "apply", "--auto-approve", "--parallelism", "10"], cwd=root)
+        print(f"modelsync apply (once, embedded backend): {time.perf_counter() - t0:.1f} s")
+
+
 def drop_modelsync_dir(directory: Path) -> None:
     shutil.rmtree(directory / ".modelsync", ignore_errors=True)
     (directory / "modelsync.lock").unlink(missing_ok=True)
@@ -128,6 +148,17 @@ class Serve:
     data_dir: Path
     log_path: Path
 
+    def requests(self) -> list[tuple[float, str, str, int]]:
+        """The server's log: (monotonic time, method, path, status) per request."""
+        import httpx
+
+        return [tuple(e) for e in httpx.get(self.base_url + "/bench/log", timeout=30).json()]
+
+    def reset(self) -> None:
+        import httpx
+
+        httpx.post(self.base_url + "/bench/reset", timeout=30)
+
 
 @contextlib.contextmanager
 def serve(
@@ -137,25 +168,24 @@ def serve(
     rate_limit: int | None,
     total_rate_limit: int | None,
     latency: float = 0.0,
-    extra: Sequence[str] = (),
+    owner: str | None = None,
+    service_dir: Path | None = None,
 ) -> Iterator[Serve]:
-    """`python -m reconciler.local.serve` on a free loopback port; stopped on exit."""
+    """The real serve app (bench/counting_serve.py: plus a request log) on a free loopback port."""
     import httpx
 
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    keys_file = data_dir / "keys.json"
-    keys_file.write_text(json.dumps({"keys": [{"key": key, "owner": "bench"}]}))
-    cmd = [sys.executable, "-m", "reconciler.local.serve", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--data", str(data_dir / "service"), "--keys-file", str(keys_file), "--log-level", "warning"]
+    cmd = [sys.executable, str(BENCH_DIR / "counting_serve.py"), "--port", str(port)]
+    cmd += ["--data", str(service_dir or data_dir / "service"), "--key", key]
+    if owner:
+        cmd += ["--owner", owner]
     cmd += ["--rate-limit", str(rate_limit or 0), "--total-rate-limit", str(total_rate_limit or 0)]
     if latency:
-        cmd += ["--fault-latency", str(latency)]
-    cmd += list(extra)
+        cmd += ["--latency", str(latency)]
     log_path = data_dir / "serve.log"
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data_dir)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir, env=child_env())
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -178,3 +208,28 @@ def serve(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def astica_env(key: str) -> dict[str, str]:
+    """The environment for a modelsync subprocess whose spec reads ${env:BENCH_API_KEY}."""
+    return dict(os.environ, BENCH_API_KEY=key, NO_COLOR="1")
+
+
+def provider_line(stdout: str) -> str:
+    """apply's "<provider>: N requests, R retries, T throttled (HTTP 429)" line."""
+    for line in stdout.splitlines():
+        if " requests, " in line and " retries, " in line:
+            return line.strip()
+    return "(apply printed no request counts)"
+
+
+def set_base_url(root: Path, url: str) -> None:
+    """Point the generated spec's provider at ``url`` (serve gets a new port each run)."""
+    import re
+
+    spec = root / "modelsync.yaml"
+    text = spec.read_text()
+    text, n = re.subn(r"(?m)^(\s+base_url: ).*$", lambda m: m.group(1) + url, text)
+    if n != 1:
+        raise SystemExit(f"{spec}: expected one base_url line")
+    spec.write_text(text)

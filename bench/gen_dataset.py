@@ -1,7 +1,7 @@
 """Write N small real PNG images in K class folders, and a modelsync.yaml over them.
 
     python bench/gen_dataset.py N K DIR [--models M] [--provider local|astica]
-                                      [--base-url URL] [--rate-limit R] [--size S]
+                                      [--base-url URL] [--rate-limit R] [--size S] [--local-path P]
 
 Deterministic: the same arguments give byte-identical files. Every image is distinct
 (its index is drawn into its pixels), a real PNG (signature, IHDR, zlib IDAT, CRCs;
@@ -88,7 +88,9 @@ def spec_text(models: dict[str, tuple[str, list[str]]], args: argparse.Namespace
             lines.append(f"    base_url: {args.base_url}")
     else:
         lines += ["providers:", f"  {provider}:", "    type: local"]
-    if args.rate_limit:
+        if args.local_path:
+            lines.append(f"    path: {args.local_path}")
+    if args.rate_limit and args.provider != "local":
         lines.append(f"    rate_limit: {args.rate_limit}")
     lines.append("models:")
     for key, (folder, classes) in models.items():
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--provider", choices=["local", "astica"], default="local")
     p.add_argument("--base-url", default=None)
     p.add_argument("--rate-limit", type=int, default=None, help="the provider's requests a minute per endpoint")
+    p.add_argument("--local-path", default=None, help="the local provider's data directory (relative to DIR)")
     p.add_argument("--size", type=int, default=32, help="image width and height in pixels")
     args = p.parse_args(argv)
     if args.n < 1 or args.k < 1 or args.size < 4:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -26,7 +26,7 @@ CACHE_VERSION = 2
 _CHUNK = 1 << 20
 # Below this many files to hash, a process pool costs more than it saves.
 _POOL_THRESHOLD = 512
-_BATCH = 256
+_BATCH = 1024
 
 
 class StatLike(Protocol):
@@ -84,17 +84,19 @@ def _hash_batch(paths: Sequence[str]) -> list[str | OSError]:
 class HashCache:
     """The on-disk cache under ``.modelsync/cache/hashes.json``.
 
-    Format 2: ``{"version": 2, "dirs": {dir: [names, sizes, mtimes, inodes, hexdigests]}}``:
-    columns per directory rather than a list per file, because JSON decoding and object
-    building cost per container (0.05 s instead of 0.2 s to load 100k entries). A
-    directory's name index is built on its first lookup, with one C-level dict().
+    Format 2: ``{"version": 2, "dirs": {dir: [names, sizes, mtimes, inodes, hexdigests]}}``,
+    each directory's columns sorted by name. Columns rather than a list per file because
+    JSON decoding and object building cost per container (0.05 s instead of 0.2 s to load
+    100k entries); sorted because a directory walk yields its files in the same order, so
+    an unchanged directory is recognised by comparing whole columns (C-speed list
+    equality) instead of looking up each file (0.15 s per 100k files, measured).
     """
 
     def __init__(self, path: Path):
         self.path = path
         self._dirs: dict[str, list[list]] = {}
         self._index: dict[str, dict[str, int]] = {}
-        self._dirty = False
+        self._changed: set[str] = set()  # directories to re-sort and write
         try:
             raw = json.loads(path.read_bytes())
             if raw.get("version") == CACHE_VERSION:
@@ -121,32 +123,77 @@ class HashCache:
 
     def lookup(self, st: StatLike) -> str | None:
         cols, i = self._slot(st.path)
-        if i is not None and cols[1][i] == st.size and cols[2][i] == st.mtime_ns and cols[3][i] == st.inode:  # type: ignore[index]
+        if i is None:
+            return None
+        if cols[1][i] == st.size and cols[2][i] == st.mtime_ns and cols[3][i] == st.inode:  # type: ignore[index]
             return "sha256:" + cols[4][i]  # type: ignore[index]
         return None
 
     def store(self, st: StatLike, digest: str) -> None:
+        directory, _, name = st.path.rpartition("/")
         cols, i = self._slot(st.path)
         hexd = digest.removeprefix("sha256:")
         if cols is None:
-            directory = st.path.rpartition("/")[0]
             cols = self._dirs[directory] = [[], [], [], [], []]
             self._index[directory] = {}
         if i is None:
-            directory, _, name = st.path.rpartition("/")
             self._index[directory][name] = len(cols[0])
             for col, value in zip(cols, (name, st.size, st.mtime_ns, st.inode, hexd), strict=True):
                 col.append(value)
         else:
             cols[1][i], cols[2][i], cols[3][i], cols[4][i] = st.size, st.mtime_ns, st.inode, hexd
-        self._dirty = True
+        self._changed.add(directory)
 
     def save(self) -> None:
-        if not self._dirty:
+        if not self._changed:
             return
+        for directory in self._changed:
+            cols = self._dirs.get(directory)
+            if cols is None:
+                continue
+            names = cols[0]
+            if names == sorted(names):  # a directory walk stores them in order already
+                continue
+            order = sorted(range(len(names)), key=names.__getitem__)
+            self._dirs[directory] = [[col[k] for k in order] for col in cols]
+            self._index.pop(directory, None)
         body = json.dumps({"version": CACHE_VERSION, "dirs": self._dirs}, separators=(",", ":"))
         write_atomic(self.path, body.encode())
-        self._dirty = False
+        self._changed.clear()
+
+    def _whole_directory(self, stats: Sequence[StatLike], start: int, directory: str) -> int:
+        """If ``stats[start:]`` begins with exactly the cached files of ``directory``, all
+        unchanged, return how many; else 0."""
+        cols = self._dirs.get(directory)
+        if not cols:
+            return 0
+        names, sizes, mtimes, inodes, _ = cols
+        stop = start + len(names)
+        if stop > len(stats):
+            return 0
+        chunk = stats[start:stop]
+        prefix = directory + "/"
+        if (
+            [st.size for st in chunk] == sizes
+            and [st.mtime_ns for st in chunk] == mtimes
+            and [st.inode for st in chunk] == inodes
+            and [st.path for st in chunk] == [prefix + n for n in names]
+        ):
+            return len(names)
+        return 0
+
+    def _prune(self, directory: str, seen: set[str]) -> None:
+        """Drop cached files of ``directory`` that no longer exist (so the directory can be
+        recognised whole again next time); files merely not asked about stay."""
+        cols = self._dirs.get(directory)
+        if not cols:
+            return
+        gone = {n for n in cols[0] if n not in seen and not os.path.lexists(directory + "/" + n)}
+        if gone:
+            keep = [k for k, n in enumerate(cols[0]) if n not in gone]
+            self._dirs[directory] = [[col[k] for k in keep] for col in cols]
+            self._index.pop(directory, None)
+            self._changed.add(directory)
 
     def digests(
         self,
@@ -157,22 +204,100 @@ class HashCache:
         """The digest of each file, hashing only those the cache does not vouch for.
 
         An entry is an OSError for a file that could not be read, None for a ``size`` -1
-        stat (the caller already reported it). ``on_progress(done, total)`` follows hashing.
+        stat (the caller already reported it). ``on_progress(done, total)`` is called with
+        done 0 before any hashing starts, then as batches finish.
         """
-        lookup = self.lookup
-        out: list[str | OSError | None] = [lookup(st) for st in stats]
-        missing = [i for i, d in enumerate(out) if d is None and stats[i].size >= 0]
+        n = len(stats)
+        out: list[str | OSError | None] = [None] * n
+        missing: list[int] = []
+        tried: set[str] = set()  # directories checked whole
+        one_by_one: dict[str, set[str]] = {}  # directory -> names looked up file by file
+        dirs = self._dirs
+        i = 0
+        while i < n:
+            st = stats[i]
+            directory, _, name = st.path.rpartition("/")
+            if directory not in dirs:  # never hashed here (a first plan): nothing to look up
+                if st.size >= 0:
+                    missing.append(i)
+                i += 1
+                continue
+            if directory not in tried:
+                tried.add(directory)
+                whole = self._whole_directory(stats, i, directory)
+                if whole:
+                    out[i : i + whole] = ["sha256:" + h for h in self._dirs[directory][4]]
+                    i += whole
+                    continue
+            one_by_one.setdefault(directory, set()).add(name)
+            digest = self.lookup(st)
+            out[i] = digest
+            if digest is None and st.size >= 0:
+                missing.append(i)
+            i += 1
+        for directory, seen in one_by_one.items():
+            self._prune(directory, seen)
         if missing:
             paths = [stats[i].path for i in missing]
-            for i, digest in zip(missing, hash_many(paths, workers, on_progress), strict=True):
-                out[i] = digest
-                if isinstance(digest, str):
-                    self.store(stats[i], digest)
+            todo = missing
+            if len(set(paths)) < len(paths):  # a file declared twice (overlapping globs): hash it once
+                todo = list({stats[i].path: i for i in reversed(missing)}.values())[::-1]
+                paths = [stats[i].path for i in todo]
+            if on_progress is not None:
+                on_progress(0, len(todo))
+            results = hash_many(paths, workers, on_progress)
+            if todo is missing:
+                for i, d in zip(missing, results, strict=True):
+                    out[i] = d
+            else:
+                by_path = dict(zip(paths, results, strict=True))
+                for i in missing:
+                    out[i] = by_path[stats[i].path]
+            self._store_many([(stats[i], d) for i, d in zip(todo, results, strict=True) if isinstance(d, str)])
         return out
 
-    def uncached(self, stats: Sequence[StatLike]) -> int:
-        """How many of ``stats`` would be hashed (for a progress line before the work)."""
-        return sum(1 for st in stats if st.size >= 0 and self.lookup(st) is None)
+    def _store_many(self, hashed: list[tuple[StatLike, str]]) -> None:
+        """``store`` for many files; a directory the cache never saw gets its columns in one go
+        (the cold 100k-file plan: 0.2 s of per-file stores before)."""
+        fresh: dict[str, list[list]] = {}
+        for st, digest in hashed:
+            directory, _, name = st.path.rpartition("/")
+            if directory in self._dirs:
+                self.store(st, digest)
+                continue
+            cols = fresh.get(directory)
+            if cols is None:
+                cols = fresh[directory] = [[], [], [], [], []]
+            cols[0].append(name)
+            cols[1].append(st.size)
+            cols[2].append(st.mtime_ns)
+            cols[3].append(st.inode)
+            cols[4].append(digest[7:])
+        for directory, cols in fresh.items():
+            self._dirs[directory] = cols
+            self._index.pop(directory, None)
+            self._changed.add(directory)
+
+
+# The paths of the hash_many call in progress: forked workers inherit them, so a task is
+# just a (start, stop) range and no path is pickled (measured: ~20% off 100k small files).
+_JOB: Sequence[str] = ()
+_JOB_LOCK = threading.Lock()
+
+
+def _hash_range(bounds: tuple[int, int]) -> tuple[str, dict[int, OSError]]:
+    """Worker: the hex digests of ``_JOB[start:stop]`` joined by newlines (one small object
+    to send back), and the errors by offset ("" in the text for those)."""
+    start, stop = bounds
+    hexes: list[str] = []
+    errors: dict[int, OSError] = {}
+    for offset, digest in enumerate(_hash_batch(_JOB[start:stop])):
+        if isinstance(digest, str):
+            hexes.append(digest[7:])
+        else:
+            hexes.append("")
+            errors[offset] = digest
+    return "\n".join(hexes), errors
 
 
 def hash_many(
@@ -180,7 +305,8 @@ def hash_many(
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> list[str | OSError]:
-    """Hash many files, in batches over a process pool when there are enough of them."""
+    """Hash many files, in ranges over a pool of forked processes when there are enough."""
+    global _JOB
     workers = workers or os.cpu_count() or 1
     total = len(paths)
     if workers <= 1 or total < _POOL_THRESHOLD:
@@ -189,15 +315,24 @@ def hash_many(
             on_progress(total, total)
         return out
     batch = max(16, min(_BATCH, total // (workers * 4) or 1))
-    batches = [paths[i : i + batch] for i in range(0, total, batch)]
+    ranges = [(i, min(i + batch, total)) for i in range(0, total, batch)]
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor  # imported here: a warm plan never needs it
 
-    # fork: the workers need nothing but this module, and forking skips re-importing it.
+    # fork: the workers need nothing but this module and _JOB, and forking skips re-importing.
     ctx = multiprocessing.get_context("fork")
-    out = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        for chunk in pool.map(_hash_batch, batches):
-            out.extend(chunk)
-            if on_progress is not None:
-                on_progress(len(out), total)
+    out: list[str | OSError] = []
+    with _JOB_LOCK:
+        _JOB = paths
+        try:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                for text, errors in pool.map(_hash_range, ranges):
+                    base = len(out)
+                    out.extend("sha256:" + h for h in text.split("\n"))
+                    for offset, exc in errors.items():
+                        out[base + offset] = exc
+                    if on_progress is not None:
+                        on_progress(len(out), total)
+        finally:
+            _JOB = ()
     return out

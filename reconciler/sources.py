@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple
@@ -68,16 +69,22 @@ def expand(text: str, base_dir: Path, *, single: bool = False) -> list[SourceIte
             raise SourceError(f"no image files match: {text}")
         return items
     full = os.path.join(base, text)
-    if os.path.isdir(full):
+    try:
+        mode = os.stat(full).st_mode
+    except FileNotFoundError:
+        raise SourceError(f"no such file: {text}") from None
+    except OSError as exc:  # there, but not readable: say why (e.g. a symlink loop)
+        raise SourceError(f"cannot read {text}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
         if single:
             raise SourceError(f"a sample with a uid must name one file, not a directory: {text}")
         items = walk_images(full, text)
         if not items:
             raise SourceError(f"no image files in directory: {text}")
         return items
-    if os.path.isfile(full):
+    if stat.S_ISREG(mode):
         return [SourceItem(display=os.path.normpath(text), path=os.path.normpath(full))]
-    raise SourceError(f"no such file: {text}")
+    raise SourceError(f"not a regular file: {text}")
 
 
 def walk_images(full: str, shown: str) -> list[SourceItem]:

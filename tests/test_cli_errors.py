@@ -73,7 +73,8 @@ CASES = [
         "version: 1\nproviders:\n  ag:\n    type: autogon\n    api_key: ${env:HOME}\n"
         "models:\n  shapes:\n    classes:\n      circle: {samples: [data/circle/a.png]}\n"
         "      square: {samples: [data/square/b.png]}\n",
-        "modelsync.yaml:9:26: models.shapes.classes.circle.samples[0]: provider type 'autogon' cannot upload local files",
+        "modelsync.yaml:9:26: models.shapes.classes.circle.samples[0]: "
+        "provider type 'autogon' cannot upload local files",
     ),
 ]
 

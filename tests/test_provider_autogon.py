@@ -18,6 +18,7 @@ from reconciler.model import Box, ImageInput, RemoteSample, TrainRequest, Upload
 from reconciler.providers import make_provider
 from reconciler.providers.autogon import AutogonProvider, prediction_from
 from reconciler.providers.base import NotFound, NotSupported, ProviderConfig, ProviderError
+from tests.cli_helpers import run_cli
 
 KEY_A, KEY_B = "autogon-key-a-5555", "autogon-key-b-6666"
 KEYS = {KEY_A: KeyInfo(owner="alice"), KEY_B: KeyInfo(owner="bob")}
@@ -206,3 +207,46 @@ def test_prediction_from_answer():
     assert pr.boxes == (Box("cat", 1, 2, 3, 4, 0.4), Box("dog", 5, 6, 7, 8, 0.9))
     assert prediction_from("empty", []).label is None
     assert prediction_from("cls", [{"lbl": "cat", "conf": 0.7, "bbx": None}]).boxes == ()
+
+
+def test_plan_apply_converges_through_the_cli(serve_thread, static_files, tmp_path, monkeypatch):
+    """The reconciler over this provider: apply detection samples with boxes by URL, then an empty
+    plan (Autogon keeps no uid: they come back through the state), then predict."""
+    server = serve_thread(keys=KEYS, rate_limit=None, total_rate_limit=None, allow_private_urls=True)
+    rng = random.Random(4)
+    scenes_dir = tmp_path / "scenes"
+    scenes_dir.mkdir()
+    base = static_files(scenes_dir)
+    lines = []
+    for i in range(10):
+        data, box = scene(rng)
+        (scenes_dir / f"s{i}.png").write_bytes(data)
+        lines.append(f"          - url: {base}/s{i}.png\n"
+                     f"            boxes: [{{x: {box.x}, y: {box.y}, w: {box.w}, h: {box.h}}}]\n")
+    monkeypatch.setenv("AUTOGON_TEST_KEY", KEY_A)
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "modelsync.yaml").write_text(
+        "version: 1\n"
+        "providers:\n"
+        f"  aug: {{type: autogon, api_key: '${{env:AUTOGON_TEST_KEY}}', base_url: '{server.base_url}'}}\n"
+        "models:\n"
+        "  boxes:\n"
+        "    purpose: detection\n"
+        "    classes:\n"
+        "      square:\n"
+        "        samples:\n" + "".join(lines)
+    )
+    r = run_cli(project, "apply", "--auto-approve")
+    assert r.code == 0, r.err
+    assert "10 samples uploaded" in r.out and "boxes trained as version" in r.out
+    r = run_cli(project, "plan", "--detailed-exitcode")
+    assert r.code == 0, r.out + r.err
+    target, truth = scene(rng)
+    (tmp_path / "target.png").write_bytes(target)
+    r = run_cli(project, "predict", "boxes", str(tmp_path / "target.png"), "--json")
+    assert r.code == 0, r.err
+    (pred,) = r.json()
+    assert pred["label"] == "square" and pred["boxes"]
+    best = max(pred["boxes"], key=lambda b: b["confidence"])
+    assert iou(Box("square", best["x"], best["y"], best["w"], best["h"]), truth) > 0.5

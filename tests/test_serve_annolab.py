@@ -200,3 +200,11 @@ def test_sources_projects_and_models(env):
     (m,) = client.get("/v1/models", headers=h(KEY_A)).json()["models"]
     assert m["name"] == "Staple + Classify Documents" and m["trained"] is True and m["latestVersion"]
     assert client.get("/v1/models", headers=h(KEY_B)).json() == {"models": []}
+
+
+def test_rate_limited_in_annolab_shape(serve_thread):
+    server = serve_thread(keys=KEYS, rate_limit=2, total_rate_limit=None)
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        assert [client.get("/v1/models", headers=h(KEY_A)).status_code for _ in range(2)] == [200, 200]
+        r = client.get("/v1/models", headers=h(KEY_A))
+        assert r.status_code == 429 and set(r.json()) == {"message"} and int(r.headers["Retry-After"]) >= 1

@@ -253,3 +253,11 @@ def test_delete_model(env):
                                                                                  "model_id": mid}
     assert client.get(f"/scenario/models/{mid}", headers=h(KEY_A)).status_code == 404
     assert client.delete(f"/scenario/models/{mid}", headers=h(KEY_A)).status_code == 404
+
+
+def test_too_many_calls_get_429_with_the_wait(serve_thread):
+    server = serve_thread(keys=KEYS, rate_limit=2, total_rate_limit=None)
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        assert [client.get("/scenario/models", headers=h(KEY_A)).status_code for _ in range(2)] == [200, 200]
+        r = client.get("/scenario/models", headers=h(KEY_A))
+        assert r.status_code == 429 and set(r.json()) == {"error"} and int(r.headers["Retry-After"]) >= 1

@@ -123,7 +123,7 @@ def parse_image_id(value: str | None, field: str = "training_image_id") -> int:
     return int(m.group(1))
 
 
-def model_status(model: Any, job: Any | None) -> str:
+def model_status(model: Any) -> str:
     """The service's training state -> Scenario's model status."""
     state = model.training_state
     if state in ("queued", "training"):
@@ -134,7 +134,6 @@ def model_status(model: Any, job: Any | None) -> str:
         return "training-canceled"
     if state == "trained" or model.trained:
         return "trained"
-    del job
     return "new"
 
 
@@ -252,7 +251,7 @@ def router(ctx: ServeContext) -> APIRouter:
             "type": m.type,
             "purpose": m.purpose,
             "tags": list(m.tags),
-            "status": model_status(m, job),
+            "status": model_status(m),
             "trainingImagesNumber": m.num_samples,
             "parameters": parameters_view(m.config),
             "createdAt": _iso(m.created_at),
@@ -428,7 +427,7 @@ def router(ctx: ServeContext) -> APIRouter:
     def stop(p: Principal, model_id: int, args: TrainArgs) -> Response:
         m = detail_of(p, model_id).model
         if m.training_state not in ("queued", "training"):
-            raise ApiError(400, f"Model is not training (status: {model_status(m, None)})", code="state")
+            raise ApiError(400, f"Model is not training (status: {model_status(m)})", code="state")
         job = svc.stop_training(p.owner, model_id)
         body = {"status": "training-canceled", "model_id": model_ref(model_id), "job_id": job.id}
         return answer(args, "Training stopped", body)

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from reconciler.local.trainer.classifier import Fit, fit_softmax
 from reconciler.local.trainer.config import TrainConfig, check_model_type, parse_config
@@ -63,7 +64,17 @@ def train(
     progress: Callable[[float], bool] | None = None,
     seed: int = 0,
 ) -> TrainResult:
-    """Train a classifier (or a detector when any sample has boxes); see the package docstring."""
+    """Train a classifier, or a detector when any sample has boxes.
+
+    The classes are the sorted labels of ``samples`` (box labels for a detector). Identical
+    samples in any order give byte-identical weights. ``base_weights`` fine-tunes: the base's
+    parameters of classes with the same name are the starting point, new classes start at
+    zero, base classes absent from ``samples`` are dropped, and the base's feature
+    standardisation is kept (so the model_type must match). ``progress(fraction)`` is called
+    every few steps; returning False (not None) stops the run with TrainingCanceled.
+    Raises TrainingError for bad config/model_type/base, too few classes, or no usable box;
+    InvalidImage for a sample that is not an image.
+    """
     started = time.perf_counter()
     model_type = check_model_type(model_type)
     cfg = parse_config(config, seed=seed)
@@ -109,9 +120,10 @@ def _init_from_base(base: ModelWeights | None, classes: list[str]) -> tuple[np.n
     return w, b
 
 
-def _base_config(cfg: TrainConfig, n_classes: int) -> dict[str, Any]:
+def _config_record(cfg: TrainConfig, n_classes: int) -> dict[str, Any]:
+    """The effective settings, defaults filled in, as recorded in the metrics."""
     return {"steps": cfg.steps, "learning_rate": cfg.learning_rate, "l2": cfg.l2, "batch_size": cfg.batch_size,
-            "holdout": cfg.holdout, "num_classes": n_classes}
+            "holdout": cfg.holdout, "seed": cfg.seed, "num_classes": n_classes}
 
 
 def _pixels(items: list[Item], size: int, report: _Progress, start: float, share: float) -> np.ndarray:
@@ -160,7 +172,7 @@ def _train_classifier(
     metrics.update(
         num_train=len(train_items), num_holdout=len(hold_items), holdout=held_out, steps=cfg.steps,
         final_loss=round(fit.final_loss, 6), model_type=model_type, detection=False, classes=classes,
-        fine_tuned=base is not None, config=_base_config(cfg, len(classes)),
+        fine_tuned=base is not None, config=_config_record(cfg, len(classes)),
     )
     return weights, metrics
 
@@ -196,7 +208,8 @@ def _train_detector(
     """Window classifier over object crops and background windows, with one round of hard-negative mining.
 
     The first half of ``steps`` trains on crops and sampled background; the trainer then scans its own
-    training images and adds the windows it wrongly calls objects (IoU < 0.3 with every box) as background;
+    training images and adds the windows it wrongly calls objects (IoU < 0.5 with every box, so they would
+    count as false positives) as background;
     the remaining steps continue from there. ``steps`` stays the total number of gradient steps.
     """
     if base is not None and base.detection is None:
@@ -243,7 +256,7 @@ def _train_detector(
     mined = 0
     if cfg.steps > first:
         weights = _detector_weights(model_type, classes, scaler, fit, params)
-        hard = _hard_negatives(weights, train_items, report, split)
+        hard = _hard_negatives(weights, train_items, lambda f: report(split + 0.02 * f))
         mined = len(hard)
         if mined:
             x = np.concatenate([x, scaler.apply(features(hard))])
@@ -251,15 +264,15 @@ def _train_detector(
         fit = fit_softmax(
             x, y, len(classes), replace(cfg, steps=cfg.steps - first, seed=cfg.seed + 1),
             init=(fit.weights, fit.bias), sample_weight=_balance(y, len(classes)),
-            progress=lambda f: report(split + (0.97 - split) * f),
+            progress=lambda f: report(split + 0.02 + (0.95 - split) * f),
         )
     weights = _detector_weights(model_type, classes, scaler, fit, params)
     held_out = any(it.boxes for it in hold_items)
-    metrics = _evaluate_detector(weights, hold_items if held_out else train_items)
+    metrics = _evaluate_detector(weights, hold_items if held_out else train_items, report)
     metrics.update(
         num_train=len(train_items), num_holdout=len(hold_items), holdout=held_out, steps=cfg.steps,
         final_loss=round(fit.final_loss, 6), model_type=model_type, detection=True, classes=classes[:-1],
-        fine_tuned=base is not None, config=_base_config(cfg, len(classes) - 1),
+        fine_tuned=base is not None, config=_config_record(cfg, len(classes) - 1),
         num_train_boxes=int(sum(len(it.boxes) for it in train_items)),
         num_windows=int(len(y)), num_hard_negatives=mined, detection_params=_params_json(params),
     )
@@ -272,15 +285,16 @@ def _detector_weights(model_type: str, classes: list[str], scaler: Standardizer,
                         fit.weights.astype(np.float32), fit.bias.astype(np.float32), params)
 
 
-def _hard_negatives(weights: ModelWeights, items: list[Item], report: _Progress, at: float) -> np.ndarray:
+def _hard_negatives(weights: ModelWeights, items: list[Item], report: Callable[[float], None]) -> np.ndarray:
     """Windows of the training images that the current model calls an object but that overlap none."""
+    assert weights.detection is not None
     predictor = Predictor(weights)
     size = weights.size
     found = []
-    for it in items:
+    for n, it in enumerate(items):
         img = _decode(it)
         _, boxes = _image_boxes(it, *img.size)
-        windows, patches = scan_windows(img, weights.detection, size)  # type: ignore[arg-type]
+        windows, patches = scan_windows(img, weights.detection, size)
         probs = predictor.window_probabilities(patches)
         best = probs.argmax(axis=1)
         conf = probs[np.arange(len(best)), best]
@@ -291,7 +305,7 @@ def _hard_negatives(weights: ModelWeights, items: list[Item], report: _Progress,
         if len(wrong) > limit:
             wrong = wrong[np.lexsort((wrong, -conf[wrong]))[:limit]]
         found.append(patches[np.sort(wrong)])
-    report(at + 0.02)
+        report((n + 1) / len(items))
     return np.concatenate(found) if found else np.zeros((0, size, size, 3), dtype=np.uint8)
 
 
@@ -310,14 +324,14 @@ def _params_json(params: DetectionParams) -> dict[str, Any]:
     return {"sizes": list(params.sizes), "aspects": list(params.aspects), "stride": params.stride}
 
 
-def _decode(it: Item):
+def _decode(it: Item) -> Image.Image:
     try:
         return decode_image(it.data)
     except InvalidImage as exc:
         raise InvalidImage(f"sample {it.digest[:12]} of class {it.label!r}: {exc}") from None
 
 
-def _evaluate_detector(weights: ModelWeights, items: list[Item]) -> dict[str, Any]:
+def _evaluate_detector(weights: ModelWeights, items: list[Item], report: _Progress) -> dict[str, Any]:
     """Box-level scores at IoU 0.5 with the default thresholds.
 
     accuracy = correct / (true boxes + predicted boxes - correct): it falls with misses,
@@ -327,7 +341,8 @@ def _evaluate_detector(weights: ModelWeights, items: list[Item]) -> dict[str, An
     truth_labels: list[str] = []
     confusion: dict[str, dict[str, int]] = {}
     n_pred = correct = 0
-    for it in items:
+    for n, it in enumerate(items):
+        report(0.97 + 0.03 * n / len(items))
         img = _decode(it)
         box_labels, boxes = _image_boxes(it, *img.size)
         truth = [{"label": lb, "x": b[0], "y": b[1], "w": b[2], "h": b[3]} for lb, b in zip(box_labels, boxes,

@@ -1,0 +1,108 @@
+"""Apply against a slow (20 ms) server: modelsync at parallelism 10 vs a sequential client.
+
+    python bench/bench_apply_latency.py [--n 1000] [--latency 0.02] [--parallelism 10] [--runs 3]
+
+`modelsync serve` (bench/counting_serve.py) adds 20 ms to every request and limits
+nothing. The same N images are uploaded (a) by `modelsync apply` through the astica
+provider (spec rate_limit set far above what is reached, so pacing does not bind) and
+(b) by a plain sequential httpx loop doing what astica's sample code does: create the
+model, list to find its id, then one POST /model/upload per image (base64 input, uid).
+Figures: whole-task wall time (modelsync's includes its start, plan and refresh) and
+the upload phase alone (first to last upload, from the server's log).
+Target (DESIGN.md): >= 8x the sequential client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    WORK,
+    astica_env,
+    ensure_dataset,
+    fmt_runs,
+    header,
+    median,
+    modelsync_cmd,
+    provider_line,
+    run_measured,
+    serve,
+    set_base_url,
+)
+
+KEY = "bench-key-latency"
+UNPACED = 1_000_000  # requests a minute: the spec's rate_limit, never reached
+
+
+def upload_span(log: list) -> float:
+    times = sorted(t for t, _, path, status in log if path == "/model/upload" and status == 200)
+    return times[-1] - times[0] if len(times) > 1 else float("nan")
+
+
+def sequential_client(base_url: str, files: list[Path]) -> None:
+    """What a vendor sample script does: one request after the other."""
+    import httpx
+
+    with httpx.Client(base_url=base_url, timeout=60) as c:
+        c.post("/model/create", json={"tkn": KEY, "dataset_title": "sequential", "dataset_type": "vision",
+                                      "dataset_purpose": "classification"}).raise_for_status()
+        listing = c.post("/model/list", json={"tkn": KEY}).json()
+        model_id = next(m["id"] for m in listing["dataset_list"] if m["title"] == "sequential")
+        for f in files:
+            body = {"tkn": KEY, "model_id": model_id, "model_class": f.parent.name,
+                    "input": base64.b64encode(f.read_bytes()).decode(), "uid": f.stem}
+            answer = c.post("/model/upload", json=body).json()
+            if answer.get("status") != "OK":
+                raise SystemExit(f"sequential upload failed: {answer}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=1000, help="images (default 1000)")
+    p.add_argument("--latency", type=float, default=0.02, help="seconds added per request (default 0.02)")
+    p.add_argument("--parallelism", type=int, default=10)
+    p.add_argument("--runs", type=int, default=3)
+    args = p.parse_args(argv)
+    header(f"apply vs latency: {args.n} uploads, +{args.latency * 1000:.0f} ms a request, no server limit, "
+           f"parallelism {args.parallelism} vs sequential")
+    root = ensure_dataset(
+        args.n, 2, WORK / f"latency-{args.n}", "--provider", "astica",
+        "--base-url", "http://127.0.0.1:1", "--rate-limit", str(UNPACED),
+    )
+    files = sorted((root / "data").glob("*/*.png"))
+    ms_wall, ms_span, seq_wall, seq_span = [], [], [], []
+    for i in range(args.runs):
+        data = WORK / "serve-latency"
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(root / ".modelsync", ignore_errors=True)
+        with serve(data, key=KEY, rate_limit=None, total_rate_limit=None, latency=args.latency) as srv:
+            set_base_url(root, srv.base_url)
+            cmd = [*modelsync_cmd(), "apply", "--auto-approve", "--parallelism", str(args.parallelism)]
+            r = run_measured(cmd, cwd=root, env=astica_env(KEY))
+            ms_wall.append(r.seconds)
+            ms_span.append(upload_span(srv.requests()))
+            srv.reset()
+            t0 = time.perf_counter()
+            sequential_client(srv.base_url, files)
+            seq_wall.append(time.perf_counter() - t0)
+            seq_span.append(upload_span(srv.requests()))
+        print(f"run {i + 1}: modelsync {ms_wall[-1]:.2f} s (uploads {ms_span[-1]:.2f} s; {provider_line(r.stdout)}), "
+              f"sequential {seq_wall[-1]:.2f} s (uploads {seq_span[-1]:.2f} s)")
+    print(f"modelsync apply      wall: {fmt_runs(ms_wall, digits=2)}; upload phase {fmt_runs(ms_span, digits=2)}")
+    print(f"sequential client    wall: {fmt_runs(seq_wall, digits=2)}; upload phase {fmt_runs(seq_span, digits=2)}")
+    whole = median(seq_wall) / median(ms_wall)
+    phase = median(seq_span) / median(ms_span)
+    print(f"speed-up (medians): whole task {whole:.1f}x, upload phase {phase:.1f}x  "
+          f"(target >= 8x: {'met' if whole >= 8 else 'NOT met'} whole, {'met' if phase >= 8 else 'NOT met'} phase)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
