@@ -55,6 +55,18 @@ class SourceChanged(Exception):
     pass
 
 
+def remember_lifecycle(state: State, spec: Any) -> bool:
+    """Copy each declared model's prevent_destroy into the state, so a model later dropped from
+    the spec stays protected (and an unprotected one can go). True when anything changed."""
+    changed = False
+    for key, mstate in state.models.items():
+        model = spec.models.get(key)
+        if model is not None and mstate.prevent_destroy != model.lifecycle.prevent_destroy:
+            mstate.prevent_destroy = model.lifecycle.prevent_destroy
+            changed = True
+    return changed
+
+
 class Applier:
     def __init__(
         self,
@@ -109,11 +121,7 @@ class Applier:
         return self.result
 
     def _remember_lifecycle(self) -> None:
-        """Keep prevent_destroy in the state, so a model dropped from the spec stays protected."""
-        for key, mstate in self.state.models.items():
-            model = self.ws.spec.models.get(key)
-            if model is not None:
-                mstate.prevent_destroy = model.lifecycle.prevent_destroy
+        remember_lifecycle(self.state, self.ws.spec)
 
     def _run_phase(self, handler: Callable[[Operation], None], ops: list[Operation]) -> None:
         def task(op: Operation) -> None:

@@ -7,6 +7,7 @@ Errors are one line each on stderr, never a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,6 +35,12 @@ def _ws(ctx: typer.Context):
     if ctx.obj is None:
         ctx.obj = Workspace(Path(ctx.parent.params.get("directory") or "."), ctx.parent.params.get("file"))
     return ctx.obj
+
+
+def _in_project(ctx: typer.Context, path: Path) -> Path:
+    """A relative path given on the command line, taken from -C's directory (as git -C does)."""
+    root = ctx.find_root().params.get("directory") or Path(".")
+    return path if path.is_absolute() else Path(root) / path
 
 
 @app.callback()
@@ -118,7 +125,13 @@ def plan(
     if out is not None:
         from reconciler.atomic import write_atomic
 
-        write_atomic(out, (json.dumps(p.to_json(), indent=1) + "\n").encode())
+        out = _in_project(ctx, out)
+        if not out.parent.is_dir():
+            raise UserError(f"--out {out}: no such directory: {out.parent}")
+        try:
+            write_atomic(out, (json.dumps(p.to_json(), indent=1) + "\n").encode())
+        except OSError as exc:
+            raise UserError(f"--out {out}: cannot write the plan ({exc.strerror or exc})") from None
     if json_out:
         print(json.dumps(p.to_json(), indent=2))
     else:
@@ -176,7 +189,7 @@ def _apply_like(
     *,
     destroy: bool,
 ) -> None:
-    from reconciler.apply import Applier
+    from reconciler.apply import Applier, remember_lifecycle
     from reconciler.engine import check_fresh, compute_plan, resolve_spec
     from reconciler.lockfile import write_lock
     from reconciler.plan import Plan
@@ -189,12 +202,15 @@ def _apply_like(
     try:
         with StateLock(ws.project_dir, command):
             if planfile is not None:
+                planfile = _in_project(ctx, planfile)
                 try:
                     plan_obj = Plan.from_json(json.loads(planfile.read_bytes()))
                 except FileNotFoundError:
                     raise UserError(f"{planfile}: no such file") from None
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise UserError(f"{planfile}: not a modelsync plan ({exc})") from None
+                except OSError as exc:
+                    raise UserError(f"{planfile}: cannot read the plan ({exc.strerror or exc})") from None
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    raise UserError(f"{planfile}: not a modelsync plan ({type(exc).__name__}: {exc})") from None
                 planned = check_fresh(ws, plan_obj)
             else:
                 planned = compute_plan(ws, targets, destroy=destroy, progress=_progress_printer(False))
@@ -213,6 +229,8 @@ def _apply_like(
                     )
                 )
             if not p.changes:
+                if remember_lifecycle(planned.state, ws.spec):  # e.g. prevent_destroy just switched
+                    save_state(ws.project_dir, planned.state)
                 return
             if planfile is None:
                 _confirm("destroy these models" if destroy else "perform these actions", auto_approve)
@@ -414,6 +432,12 @@ def serve(
             keys.update(load_keys_file(keys_file))
     except (OSError, ValueError) as exc:
         raise UserError(f"--keys-file: {exc}") from None
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--data {data}: cannot create the data directory ({exc.strerror or exc})") from None
+    if not os.access(data, os.W_OK):
+        raise UserError(f"--data {data}: the data directory is not writable")
     run(
         host=host,
         port=port,
@@ -443,11 +467,11 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 err.print(f"[red]Error:[/red] {_escape(line)}")
         sys.exit(1)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         print("Aborted.", file=sys.stderr)
         sys.exit(130)
-    except click.ClickException as exc:
-        print(f"Error: {exc.format_message()}", file=sys.stderr)
+    except _usage_error_types() as exc:
+        print(f"Error: {exc.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
         sys.exit(1)
     except KeyboardInterrupt:
         print("Interrupted; run the same command again to converge.", file=sys.stderr)
@@ -455,8 +479,6 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         sys.exit(0)
     except Exception as exc:  # a bug: one line for the user, the traceback only on request
-        import os
-
         if os.environ.get("MODELSYNC_DEBUG"):
             raise
         print(
@@ -468,6 +490,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 _SPEC_POSITION = __import__("re").compile(r"^[^\s:]+:\d+:\d+: ")
+
+
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """click's ClickException and typer's bundled copy of it (typer >= 0.29 ships its own click),
+    so a bad flag or argument is a usage message, not an internal error, whichever is installed."""
+    import click
+
+    found: list[type[Exception]] = [click.ClickException]
+    found += [cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException"]
+    return tuple(dict.fromkeys(found))
 
 
 def _escape(text: str) -> str:

@@ -39,8 +39,12 @@ def read_lock(spec_dir: Path) -> dict[str, Any] | None:
         return None
     except ValueError as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
-    if body.get("version") != LOCK_FORMAT:
-        raise UserError(f"{path}: unsupported lock format {body.get('version')!r}")
+    if not isinstance(body, dict) or body.get("version") != LOCK_FORMAT:
+        found = body.get("version") if isinstance(body, dict) else type(body).__name__
+        raise UserError(f"{path}: unsupported lock format {found!r}")
+    models = body.get("models", {})
+    if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
+        raise UserError(f"{path}: not a modelsync lock file (models must map names to entries); regenerate it")
     return body
 
 

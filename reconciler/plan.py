@@ -83,6 +83,8 @@ class Operation:
             if attr not in known:
                 raise ValueError(f"unknown operation field {name!r}")
             kwargs[attr] = tuple(value) if isinstance(value, list) else value
+        if kwargs.get("op") not in OP_ORDER:
+            raise ValueError(f"unknown operation {kwargs.get('op')!r}")
         return cls(**kwargs)
 
 
@@ -209,7 +211,12 @@ def _dd_path(path: str) -> str:
 
 
 def _latest_version(remote: RemoteModel | None, mstate: ModelState | None) -> dict[str, Any] | None:
-    """The newest trained version, its digests taken from the remote or, failing that, the state."""
+    """The newest trained version, its digests taken from the remote or, failing that, the state.
+
+    A model about to be created (or one replacing the state's) has none, whatever the state
+    remembers of the model it replaces."""
+    if remote is None or (mstate is not None and mstate.remote_id and mstate.remote_id != remote.remote_id):
+        return None
     recorded = {v.get("version"): v for v in (mstate.versions if mstate else [])}
     if remote is not None:
         for v in remote.versions:

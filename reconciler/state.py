@@ -90,13 +90,19 @@ def load_state(workdir: Path) -> State:
         return State()
     except ValueError as exc:
         raise UserError(f"{path}: not valid JSON ({exc}); move it aside to rebuild it from the remote") from None
-    if raw.get("format_version") != STATE_FORMAT:
-        raise UserError(f"{path}: unsupported state format {raw.get('format_version')!r}")
-    return State(
-        serial=int(raw.get("serial", 0)),
-        lineage=str(raw.get("lineage") or ""),
-        models={k: ModelState.from_json(v) for k, v in raw.get("models", {}).items()},
-    )
+    if not isinstance(raw, dict) or raw.get("format_version") != STATE_FORMAT:
+        found = raw.get("format_version") if isinstance(raw, dict) else type(raw).__name__
+        raise UserError(f"{path}: unsupported state format {found!r}")
+    try:
+        return State(
+            serial=int(raw.get("serial", 0)),
+            lineage=str(raw.get("lineage") or ""),
+            models={str(k): ModelState.from_json(v) for k, v in raw.get("models", {}).items()},
+        )
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(
+            f"{path}: not a modelsync state ({type(exc).__name__}: {exc}); move it aside to rebuild it from the remote"
+        ) from None
 
 
 def save_state(workdir: Path, state: State) -> None:

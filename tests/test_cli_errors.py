@@ -76,6 +76,27 @@ CASES = [
         "modelsync.yaml:9:26: models.shapes.classes.circle.samples[0]: "
         "provider type 'autogon' cannot upload local files",
     ),
+    (
+        "a detection model without boxes",
+        "version: 1\nmodels:\n  shapes:\n    purpose: detection\n    classes:\n"
+        "      circle: {samples: [data/circle/a.png]}\n      square: {samples: [data/square/b.png]}\n",
+        "modelsync.yaml:3:3: models.shapes: a detection model learns from boxes, but none of its samples has any",
+    ),
+    (
+        "a box label that is not a class",
+        "version: 1\nmodels:\n  shapes:\n    purpose: detection\n    classes:\n"
+        "      circle: {samples: [{path: data/circle/a.png, boxes: [{label: circel, x: 1, y: 1, w: 9, h: 9}]}]}\n"
+        "      square: {samples: [data/square/b.png]}\n",
+        "modelsync.yaml:6:68: models.shapes.classes.circle.samples[0].boxes[0].label: "
+        "box label 'circel' is not a class of model 'shapes' (did you mean 'circle'?)",
+    ),
+    (
+        "classes on an inference-only provider",
+        "version: 1\nproviders:\n  al: {type: annolab, api_key: '${env:HOME}'}\n"
+        "models:\n  shapes:\n    classes:\n      circle: {samples: [data/circle/a.png]}\n",
+        "modelsync.yaml:6:5: models.shapes.classes: provider 'al' is annolab, which only runs inference on models "
+        "built in its own tools: it cannot upload samples or create classes (remove classes:)",
+    ),
 ]
 
 
@@ -133,8 +154,17 @@ def test_literal_api_key_is_refused(tmp_path):
 def test_missing_spec_and_bad_flags_exit_1(tmp_path):
     r = run_cli(tmp_path, "plan")
     assert r.code == 1 and "modelsync.yaml: no such file" in r.err
-    r = run_cli(tmp_path, "plan", "--no-such-flag")
-    assert r.code == 1 and "No such option" in r.err
+    for args, message in [
+        (("plan", "--no-such-flag"), "No such option: --no-such-flag"),
+        (("frobnicate",), "No such command 'frobnicate'"),
+        (("predict",), "Missing argument 'model'"),
+        (("apply", "--parallelism", "0"), "Invalid value for '--parallelism'"),
+    ]:
+        r = run_cli(tmp_path, *args)
+        assert r.code == 1, args
+        lines = r.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and message in r.err, r.err
+        assert "internal error" not in r.err and "Traceback" not in r.err
 
 
 def test_validate_schema_and_help_work_from_the_console_script(tmp_path):
@@ -209,3 +239,110 @@ def test_predict_on_an_untrained_model(tmp_path, monkeypatch):
     r = run_cli(project, "predict", "shapes", "data/circle/a.png")
     assert r.code == 1
     assert "trained" in r.err.lower()
+
+
+# -- a full disk under the embedded backend ---------------------------------------------------
+
+
+class FullDisk:
+    """While on, every connection the embedded backend opens finds its disk full: SQLite itself
+    answers "database or disk is full" (SQLITE_FULL) as soon as the database file must grow."""
+
+    def __init__(self, monkeypatch):
+        from reconciler.local import db
+
+        self._monkeypatch, self._db = monkeypatch, db
+        self._opened = opened = db.Database.conn
+
+        def conn(database):
+            fresh = getattr(database._local, "conn", None) is None
+            c = opened(database)
+            if fresh:
+                pages = c.execute("PRAGMA page_count").fetchone()[0]
+                c.execute(f"PRAGMA max_page_count = {pages}")
+            return c
+
+        self._full = conn
+
+    def on(self) -> None:
+        self._monkeypatch.setattr(self._db.Database, "conn", self._full)
+
+    def off(self) -> None:
+        self._monkeypatch.setattr(self._db.Database, "conn", self._opened)
+
+
+@pytest.fixture
+def full_disk(monkeypatch) -> FullDisk:
+    return FullDisk(monkeypatch)
+
+
+def _one_clear_disk_full_line(err: str, db_file: Path) -> str:
+    assert "Traceback" not in err and "internal error" not in err and "OperationalError" not in err, err
+    (line,) = [x for x in err.splitlines() if "disk full" in x]
+    assert f"disk full writing {db_file}" in line, err
+    return line
+
+
+def test_a_full_disk_during_apply_is_one_clear_line_and_a_rerun_converges(tmp_path, full_disk):
+    project = copy_quickstart(tmp_path / "qs")
+    spec = project / "modelsync.yaml"
+    spec.write_text(spec.read_text().replace("      auto: true\n", "      auto: false\n"))
+    assert run_cli(project, "plan").code == 0  # the database exists, with room for what it holds
+    db_file = project / ".modelsync" / "local" / "modelsync.db"
+    assert db_file.is_file()
+    full_disk.on()
+
+    r = run_cli(project, "apply", "--auto-approve", "--parallelism", "1")
+    assert r.code == 1, r.out
+    line = _one_clear_disk_full_line(r.err, db_file)
+    assert line.startswith("Error: upload_sample shapes/"), line  # names the sample that did not fit
+
+    full_disk.off()  # room again
+    r = run_cli(project, "apply", "--auto-approve")
+    assert r.code == 0, r.err
+    assert run_cli(project, "plan", "--detailed-exitcode").code == 0
+
+
+def test_a_full_disk_when_starting_an_inference_job(trained, full_disk, monkeypatch):
+    monkeypatch.chdir(trained)
+    db_file = trained / ".modelsync" / "local" / "modelsync.db"
+    full_disk.on()
+    image = str(trained / "unseen" / "circle-00.png")
+    r = run_cli(trained, "infer", "shapes", *(["--sources", image] * 60))  # its row needs new pages
+    assert r.code == 1, r.out
+    line = _one_clear_disk_full_line(r.err, db_file)
+    assert line.startswith("Error: infer shapes: "), line
+
+
+@pytest.mark.parametrize("body", ["[]", "null", '{"format_version": 1, "serial": 4, "models": []}',
+                                  '{"format_version": 1, "models": {"shapes": 5}}'])
+def test_a_state_file_of_the_wrong_shape_is_one_clear_line(tmp_path, body):
+    project = copy_quickstart(tmp_path / "qs")
+    (project / ".modelsync").mkdir()
+    (project / ".modelsync" / "state.json").write_text(body)
+    r = run_cli(project, "plan")
+    assert r.code == 1 and "internal error" not in r.err, r.err
+    assert [line for line in r.err.splitlines() if line.startswith("Error")] == [r.err.splitlines()[-1]]
+    assert "state.json: " in r.err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("body", ["[]", "null", '{"version": 1, "models": {"shapes": 3}}'])
+def test_a_lock_file_of_the_wrong_shape_is_one_clear_line(tmp_path, body):
+    project = copy_quickstart(tmp_path / "qs")
+    (project / "modelsync.lock").write_text(body)
+    r = run_cli(project, "plan", "--locked")
+    assert r.code == 1 and "modelsync.lock: " in r.err and "internal error" not in r.err, r.err
+
+
+def test_a_saved_plan_that_is_not_a_plan_is_refused_and_nothing_changes(tmp_path):
+    project = copy_quickstart(tmp_path / "qs")
+    planfile = project / "plan.json"
+    assert run_cli(project, "plan", "--out", str(planfile)).code == 0
+    edited = planfile.read_text().replace('"op": "create_model"', '"op": "explode"')
+    for body in ("[]", "null", edited):
+        planfile.write_text(body)
+        r = run_cli(project, "apply", str(planfile))
+        assert r.code == 1 and "not a modelsync plan" in r.err and "internal error" not in r.err, r.err
+    r = run_cli(project, "apply", str(project / "data"))
+    assert r.code == 1 and "cannot read the plan" in r.err, r.err
+    assert not (project / ".modelsync" / "state.json").exists()

@@ -197,6 +197,43 @@ def test_destroy_removes_the_model_and_prevent_destroy_blocks_it(project: Path):
     assert local_samples_or_none(project) is None
 
 
+def test_prevent_destroy_switched_without_other_changes_still_counts(project: Path):
+    assert run_cli(project, "apply", "--auto-approve").code == 0
+    spec = project / "modelsync.yaml"
+    original = spec.read_text()
+    spec.write_text(original + "    lifecycle: {prevent_destroy: true}\n")
+    assert run_cli(project, "apply", "--auto-approve").code == 0  # nothing to do remotely
+    other = (
+        "version: 1\nmodels:\n  other:\n    title: Other\n    classes:\n"
+        "      circle: {samples: [data/circle/circle-00.png]}\n    training: {auto: false}\n"
+    )
+    write_spec(project, other)
+    r = run_cli(project, "apply", "--auto-approve")
+    assert r.code == 1 and "prevent_destroy" in r.err
+    assert len(local_samples(project)) == 48
+    spec.write_text(original + "    lifecycle: {prevent_destroy: false}\n")
+    assert run_cli(project, "apply", "--auto-approve").code == 0
+    write_spec(project, other)
+    assert run_cli(project, "apply", "--auto-approve").code == 0
+    assert local_samples_or_none(project) is None
+
+
+def test_a_new_title_replaces_the_model_and_trains_the_replacement(project: Path):
+    assert run_cli(project, "apply", "--auto-approve").code == 0
+    spec = project / "modelsync.yaml"
+    spec.write_text(spec.read_text().replace("title: Shapes", "title: Shapes2"))
+    ops = plan_ops(project)
+    summary = {}
+    for o in ops:
+        summary[o["op"]] = summary.get(o["op"], 0) + 1
+    assert summary == {"create_model": 1, "upload_sample": 48, "train": 1, "delete_model": 1}
+    assert [o["reason"] for o in ops if o["op"] == "train"] == ["never trained"]
+    assert run_cli(project, "apply", "--auto-approve").code == 0
+    assert run_cli(project, "plan", "--detailed-exitcode").code == 0
+    r = run_cli(project, "versions", "shapes", "--json")
+    assert r.code == 0 and len(r.json()) == 1
+
+
 def test_removing_a_model_from_the_spec_plans_its_deletion(project: Path):
     assert run_cli(project, "apply", "--auto-approve").code == 0
     write_spec(
