@@ -15,9 +15,13 @@ SHOWN_PER_CLASS = 10
 
 
 def console(stderr: bool = False) -> Any:
+    import os
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, emoji=False)
+    # NO_COLOR means no escape codes at all: rich alone would still emit bold and dim.
+    plain = {"color_system": None} if os.environ.get("NO_COLOR") else {}
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, emoji=False, **plain)
 
 
 def _short(text: str | None, n: int = 19) -> str:

@@ -308,3 +308,40 @@ def test_target_limits_the_plan(project: Path):
     assert {o["model"] for o in ops} == {"solo"}
     r = run_cli(project, "plan", "--target", "nope")
     assert r.code == 1 and "no model 'nope'" in r.err
+
+
+def _plan_on_a_terminal(project: Path, env: dict[str, str]) -> bytes:
+    """Run `modelsync plan` with its stdout on a pseudo-terminal and return what it wrote."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli", "-C", str(project), "plan"],
+        stdin=subprocess.DEVNULL, stdout=follower, stderr=subprocess.DEVNULL, env=env,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    return b"".join(chunks)
+
+
+def test_colour_only_on_a_terminal_and_never_with_no_color(project: Path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "TERM")} | {"TERM": "xterm"}
+    coloured = _plan_on_a_terminal(project, env)
+    assert b"\x1b[" in coloured and b"48 samples to upload" in coloured
+    plain = _plan_on_a_terminal(project, env | {"NO_COLOR": "1"})
+    assert b"\x1b[" not in plain and b"48 samples to upload" in plain
+    r = run_cli(project, "plan")  # a pipe, not a terminal
+    assert "\x1b[" not in r.out and "48 samples to upload" in r.out
