@@ -8,6 +8,7 @@ from typing import Any
 
 from reconciler.errors import UserError
 from reconciler.model import ImageInput, InferenceStatus, Prediction
+from reconciler.providers import base as caps
 from reconciler.providers.base import NotFound, Provider, ProviderError
 from reconciler.sources import is_url
 from reconciler.state import load_state
@@ -28,6 +29,11 @@ def locate_model(ws: Workspace, key: str) -> tuple[Provider, str]:
     except ProviderError as exc:
         raise UserError(f"{key}: {exc}") from None
     if not matches:
+        if caps.CAP_MODELS not in provider.capabilities:  # e.g. annolab: models are built in the vendor's tools
+            raise UserError(
+                f"model '{key}': no model titled '{title}' on provider '{provider_name}'; {provider.type} models "
+                f"are built in {provider.type}'s own tools, not by modelsync: check the title"
+            )
         raise UserError(f"model '{key}' does not exist on provider '{provider_name}' yet; run `modelsync apply`")
     return provider, matches[0].remote_id
 

@@ -11,6 +11,22 @@ from reconciler.errors import UserError
 from reconciler.providers import base as caps
 from reconciler.providers.base import Provider, ProviderConfig
 
+# Spec provider fields handed to the provider as ``ProviderConfig.options`` (when set);
+# type, api_key, base_url, rate_limit and path have fields of their own.
+PROVIDER_OPTIONS = (
+    "total_rate_limit",
+    "timeout",
+    "max_retries",
+    "backoff_base",
+    "send_urls",
+    "train_timeout",
+    "team_id",
+    "project_id",
+    "group_name",
+    "project",
+    "output_layer",
+)
+
 
 class Workspace:
     def __init__(self, workdir: Path, spec_file: str = "modelsync.yaml"):
@@ -48,11 +64,7 @@ class Workspace:
     def provider_config(self, name: str) -> ProviderConfig:
         p = self.spec.providers[name]
         key = p.api_key.get_secret_value() if getattr(p, "api_key", None) is not None else None
-        options = {
-            k: getattr(p, k)
-            for k in ("team_id", "project_id", "group_name", "project", "output_layer")
-            if getattr(p, k, None) is not None
-        }
+        options = {k: getattr(p, k) for k in PROVIDER_OPTIONS if getattr(p, k, None) is not None}
         return ProviderConfig(
             name=name,
             type=p.type,

@@ -157,8 +157,6 @@ def _special(kind: str, loc: SpecPath, value: Any, got: str) -> str | None:
         return f"class '{loc[3]}' has no samples"
     if in_class and n == 5 and loc[4] == "samples" and (kind == "too_short" or value is None):
         return f"class '{loc[3]}' has no samples"
-    if n == 3 and loc[0] == "models" and loc[2] == "classes" and kind == "too_short":
-        return f"model '{loc[1]}' has no classes; declare at least one"
     if in_class and n == 6 and isinstance(loc[5], int) and kind in ("string_type", "model_type"):
         return f"expected a path or URL, or a mapping with path: or url:, got {got}"
     return None

@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    NonNegativeInt,
     PositiveInt,
     PrivateAttr,
     SecretStr,
@@ -40,6 +41,8 @@ _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 # A string field: a plain scalar YAML reads as a number keeps the text the user wrote.
 Text = Annotated[str, BeforeValidator(plain_text)]
+# A duration: a positive, finite number of seconds.
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 def _strict(title: str) -> ConfigDict:
@@ -75,6 +78,36 @@ class ProviderSpec(BaseModel):
         default=None,
         description="Vendors only: requests a minute per endpoint (default: the vendor's documented limit).",
     )
+    total_rate_limit: PositiveInt | None = Field(
+        default=None,
+        description="Vendors only: requests a minute in all, every endpoint together (default: the vendor's "
+        "documented total, scaled like rate_limit when that is set: astica's is twice the per-endpoint limit).",
+    )
+    timeout: Seconds | None = Field(
+        default=None,
+        description="Vendors only: seconds to wait for an answer before the request counts as lost and is retried "
+        "(default: 30 for astica and autogon, 60 for annolab and scenario).",
+    )
+    max_retries: NonNegativeInt | None = Field(
+        default=None,
+        description="Vendors only: how many times a request is retried after a 429, a 5xx, a timeout or a dropped "
+        "connection (default 5; 0: never).",
+    )
+    backoff_base: Seconds | None = Field(
+        default=None,
+        description="Vendors only: seconds of backoff before the first retry, doubled for each retry after it, "
+        "with full jitter; a Retry-After answer waits at least that long (default 0.5).",
+    )
+    send_urls: bool | None = Field(
+        default=None,
+        description="astica only: true (default) passes http(s) sample URLs for astica to fetch; false makes "
+        "modelsync fetch them and upload the bytes.",
+    )
+    train_timeout: Seconds | None = Field(
+        default=None,
+        description="autogon only: seconds to wait for a training call, which answers when training is over "
+        "(default 3600).",
+    )
     path: Text | None = Field(
         default=None, description="local only: the data directory (default .modelsync/local), relative to the spec."
     )
@@ -92,14 +125,19 @@ class ProviderSpec(BaseModel):
 
 # Which provider fields make sense for which type; any other set field is an error.
 COMMON_PROVIDER_FIELDS = frozenset({"type"})
-VENDOR_FIELDS = frozenset({"api_key", "base_url", "rate_limit"})
+VENDOR_FIELDS = frozenset(
+    {"api_key", "base_url", "rate_limit", "total_rate_limit", "timeout", "max_retries", "backoff_base"}
+)
 PROVIDER_FIELDS: dict[str, frozenset[str]] = {
     "local": COMMON_PROVIDER_FIELDS | {"path"},
-    "astica": COMMON_PROVIDER_FIELDS | VENDOR_FIELDS,
-    "autogon": COMMON_PROVIDER_FIELDS | VENDOR_FIELDS,
+    "astica": COMMON_PROVIDER_FIELDS | VENDOR_FIELDS | {"send_urls"},
+    "autogon": COMMON_PROVIDER_FIELDS | VENDOR_FIELDS | {"train_timeout"},
     "annolab": COMMON_PROVIDER_FIELDS | VENDOR_FIELDS | {"group_name", "project", "output_layer"},
     "scenario": COMMON_PROVIDER_FIELDS | VENDOR_FIELDS | {"team_id", "project_id"},
 }
+# Provider types that only run inference on models built and trained in the vendor's own tools:
+# a model on one names the vendor's model by its title and declares no classes, samples or training.
+INFERENCE_ONLY_PROVIDERS = frozenset({"annolab"})
 
 
 class BoxSpec(BaseModel):
@@ -248,7 +286,11 @@ class ModelSpec(BaseModel):
     type: Text = Field(default="vision", description="The model type.")
     purpose: Literal["classification", "detection"] = Field(default="classification")
     tags: list[Text] = Field(default_factory=list)
-    classes: dict[str, ClassSpec] = Field(min_length=1, description="Class name -> its samples.")
+    classes: dict[str, ClassSpec] = Field(
+        default_factory=dict,
+        description="Class name -> its samples. Required, with one class or more, except on an inference-only "
+        "provider (annolab), whose models are built in the vendor's own tools and declare none.",
+    )
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     lifecycle: LifecycleSpec = Field(default_factory=LifecycleSpec)
 

@@ -17,7 +17,14 @@ import pytest
 from PIL import Image, ImageDraw
 
 from reconciler.local.db import SCHEMA_VERSION
-from reconciler.local.errors import ConflictError, InvalidInputError, LocalError, NotFoundError, StateError
+from reconciler.local.errors import (
+    ConflictError,
+    InvalidInputError,
+    LocalError,
+    NotFoundError,
+    StateError,
+    StorageError,
+)
 from reconciler.local.images import inspect_image
 from reconciler.local.jobs import version_name
 from reconciler.local.service import LocalService
@@ -597,3 +604,22 @@ def test_detection_models_train_on_boxes_and_predict_boxes(svc: LocalService):
     assert job.state == "trained", job.error
     (pred,) = svc.predict(OWNER, m.id, [ball_scene(99)[0]], confidence_thresh=0.2)
     assert pred["boxes"] and {"label", "confidence", "x", "y", "w", "h"} <= set(pred["boxes"][0])
+
+
+def test_a_full_disk_is_a_storage_error_naming_the_file_and_stores_nothing(svc: LocalService, monkeypatch):
+    import errno
+    import os
+
+    model = svc.create_model(OWNER, "Full")
+
+    def no_space(fd: int, data) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "write", no_space)
+        with pytest.raises(StorageError) as exc:
+            svc.add_sample(OWNER, model.id, "circle", png("circle", 1))
+    blob = svc.blobs.path(digest(png("circle", 1)))
+    assert str(exc.value) == f"disk full writing {blob}" and exc.value.code == "storage"
+    assert not blob.exists() and list((svc.blobs.root / "tmp").iterdir()) == []
+    assert not svc.get_model(OWNER, model.id).classes

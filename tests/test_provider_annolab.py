@@ -15,7 +15,7 @@ from reconciler.model import ImageInput, InferenceStatus
 from reconciler.providers import make_provider
 from reconciler.providers.annolab import AnnoLabProvider, predictions_from
 from reconciler.providers.base import NotFound, NotSupported, ProviderConfig, ProviderError
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import copy_quickstart, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "quickstart" / "data"
@@ -162,12 +162,14 @@ def test_modelsync_infer_through_the_cli(server, tmp_path, monkeypatch):
         "    project: My Project\n"
         "    output_layer: Gold Set\n"
         "models:\n"
-        "  shapes:\n"
+        "  shapes:\n"  # a model built in AnnoLab: named by its title, no classes, samples or training
         f"    title: {TITLE}\n"
-        "    classes:\n"
-        "      circle: {samples: [unused.png]}\n"  # the schema wants a class; infer ignores it
-        "    training: {auto: false}\n"
     )
+    r = run_cli(project, "validate")
+    assert (r.code, r.out.strip()) == (0, "modelsync.yaml: valid (1 model)."), r.err
+    r = run_cli(project, "plan", "--detailed-exitcode", "--json")
+    assert r.code == 0 and r.json()["operations"] == [], r.out + r.err  # nothing to upload or train, ever
+
     sources = [str(UNSEEN / "circle-01.png"), str(UNSEEN / "square-02.png")]
     r = run_cli(project, "infer", "shapes", "--sources", sources[0], "--sources", sources[1], "--json")
     assert r.code == 0, r.err
@@ -175,3 +177,59 @@ def test_modelsync_infer_through_the_cli(server, tmp_path, monkeypatch):
     assert body["status"] == "Finished" and (body["done"], body["total"]) == (2, 2)
     assert [(x["input"], x["label"]) for x in body["results"]] == [(sources[0], "circle"), (sources[1], "square")]
     assert KEY_A not in r.out + r.err
+
+
+def test_infer_end_to_end_through_the_cli_against_a_serve_process(serve_process, tmp_path, monkeypatch):
+    """The whole flow: a model trained on the vendor's side (here by `modelsync apply` through
+    serve's astica API with the same key, standing in for AnnoLab's own tools), then a spec that
+    names it on an annolab provider with no classes: validate, an empty plan, `modelsync infer`
+    (JSON and text) against a real `modelsync serve` subprocess, and the clear refusals."""
+    server = serve_process(keys={KEY_A: {"owner": "alice"}}, rate_limit=None, total_rate_limit=None)
+    monkeypatch.setenv("E2E_VENDOR_KEY", KEY_A)
+    monkeypatch.setenv("NO_COLOR", "1")
+    vendor = f"api_key: '${{env:E2E_VENDOR_KEY}}', base_url: '{server.base_url}'"
+
+    trainer = copy_quickstart(tmp_path / "trained-elsewhere")
+    spec = (trainer / "modelsync.yaml").read_text()
+    astica = f"{{type: astica, {vendor}, rate_limit: 6000}}"  # the documented 90 a minute would take 35 s
+    spec = spec.replace("version: 1\n", f"version: 1\nproviders:\n  vendor: {astica}\n")
+    (trainer / "modelsync.yaml").write_text(spec.replace("      config: {steps: 300, learning_rate: 0.1}\n", ""))
+    r = run_cli(trainer, "apply", "--auto-approve")
+    assert r.code == 0, r.out + r.err
+
+    project = tmp_path / "inference"
+    project.mkdir()
+    (project / "modelsync.yaml").write_text(
+        "version: 1\n"
+        "providers:\n"
+        f"  al: {{type: annolab, {vendor}, group_name: Acme, project: Inbox, output_layer: Predictions}}\n"
+        "models:\n"
+        "  shapes: {title: Shapes}\n"
+        "  missing: {title: Never Built}\n"
+    )
+    assert run_cli(project, "validate").code == 0
+    r = run_cli(project, "plan", "--detailed-exitcode", "--target", "shapes")
+    assert r.code == 0, r.out + r.err
+
+    sources = sorted(str(f) for f in UNSEEN.glob("*.png"))
+    args = [a for src in sources for a in ("--sources", src)]
+    r = run_cli(project, "infer", "shapes", *args, "--json")
+    assert r.code == 0, r.err
+    body = r.json()
+    assert (body["status"], body["done"], body["total"], body["error"]) == ("Finished", 6, 6, None)
+    assert [x["input"] for x in body["results"]] == sources
+    assert [x["label"] for x in body["results"]] == [Path(s).name.split("-")[0] for s in sources]
+    assert all(0.5 < x["confidence"] <= 1.0 for x in body["results"])
+
+    r = run_cli(project, "infer", "shapes", "--sources", sources[0])
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    assert lines[0].startswith("job ") and lines[0].endswith(": Finished (1/1)")
+    assert lines[1].startswith(f"  {sources[0]}: circle (")
+    assert KEY_A not in r.out + r.err
+
+    r = run_cli(project, "infer", "missing", "--sources", sources[0])
+    assert r.code == 1 and "Traceback" not in r.err
+    assert "Never Built" in r.err and "annolab" in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    r = run_cli(project, "predict", "shapes", sources[0])
+    assert r.code == 1 and len(r.err.strip().splitlines()) == 1 and "infer" in r.err, r.err

@@ -149,6 +149,35 @@ def test_wrong_key_and_other_keys_models(serve_process):
             p.close()
 
 
+def test_a_full_disk_on_the_server_is_a_507_naming_no_server_path(serve_thread, monkeypatch):
+    """The server's disk fills while it stores an uploaded image: astica's error shape with 507
+    (not retried: waiting will not free the disk), nothing stored, and the next upload works."""
+    import errno
+    import os
+
+    server = serve_thread(keys=[KEY_A], rate_limit=None, total_rate_limit=None)
+    p = provider(server.base_url)
+    try:
+        mid = p.create_model("full", "vision", "classification", ())
+
+        def no_space(fd: int) -> None:  # blobs are fsynced before they are renamed into place
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        with monkeypatch.context() as m:
+            m.setattr(os, "fsync", no_space)
+            with pytest.raises(ProviderError) as exc:
+                p.upload_sample(mid, item(DATA / "circle" / "circle-00.png"))
+        assert exc.value.status == 507 and p.stats.retries == 0
+        assert str(exc.value) == (
+            "astica upload u-circle-00: insufficient storage: the server could not store this (HTTP 507)"
+        )
+        assert str(server.data_dir) not in str(exc.value)
+        assert p.view_model(mid).samples == []
+        assert p.upload_sample(mid, item(DATA / "circle" / "circle-00.png")) is not None
+    finally:
+        p.close()
+
+
 def test_missing_key_is_a_clear_error():
     with pytest.raises(ProviderError, match="api_key"):
         AsticaProvider(ProviderConfig(name="prod", type="astica"))

@@ -374,6 +374,102 @@ def test_duplicate_uid_points_at_the_second_and_names_the_first(errors):
     ]
 
 
+def test_detection_model_without_any_box(errors):
+    text = """\
+    version: 1
+    models:
+      cars:
+        purpose: detection
+        training: {auto: false}
+        classes:
+          car:
+            samples:
+              - cars/
+              - path: one.png
+                caption: no boxes here
+      fine:
+        purpose: detection
+        classes:
+          car:
+            samples:
+              - path: a.png
+                boxes: [{x: 1, y: 2, w: 3, h: 4}]
+              - b.png
+    """
+    assert errors(text) == [
+        "modelsync.yaml:3:3: models.cars: a detection model learns from boxes, but none of its samples has any: "
+        "give samples boxes: [{label, x, y, w, h}], or set purpose: classification",
+    ]
+
+
+def test_box_label_must_name_a_class_of_the_model(errors):
+    text = """\
+    version: 1
+    models:
+      street:
+        purpose: detection
+        classes:
+          car:
+            samples:
+              - path: a.png
+                boxes:
+                  - {label: car, x: 1, y: 2, w: 3, h: 4}
+                  - {label: cra, x: 1, y: 2, w: 3, h: 4}
+          bike:
+            samples:
+              - path: b.png
+                boxes: [{x: 0, y: 0, w: 5, h: 5}, {label: wheel, x: 0, y: 0, w: 2, h: 2}]
+    """
+    assert errors(text) == [
+        "modelsync.yaml:11:25: models.street.classes.car.samples[0].boxes[1].label: "
+        "box label 'cra' is not a class of model 'street' (did you mean 'car'?)",
+        "modelsync.yaml:15:55: models.street.classes.bike.samples[0].boxes[1].label: "
+        "box label 'wheel' is not a class of model 'street' (classes: car, bike)",
+    ]
+
+
+def test_inference_only_provider_refuses_classes_and_training(errors):
+    text = """\
+    version: 1
+    providers:
+      al: {type: annolab, api_key: "${env:KEY}"}
+    models:
+      invoices:
+        title: Invoice Classifier
+      shapes:
+        purpose: detection
+        training: {auto: false}
+        CLASSES
+    """
+    assert errors(text, env={"KEY": SECRET}) == [
+        "modelsync.yaml:9:5: models.shapes.training: provider 'al' is annolab, which only runs inference on "
+        "models built in its own tools: it cannot train (remove training:)",
+        "modelsync.yaml:10:5: models.shapes.classes: provider 'al' is annolab, which only runs inference on "
+        "models built in its own tools: it cannot upload samples or create classes (remove classes:)",
+    ]
+
+
+def test_classes_are_required_on_providers_that_upload(errors):
+    text = """\
+    version: 1
+    providers:
+      al: {type: annolab, api_key: "${env:KEY}"}
+      prod: {type: astica, api_key: "${env:KEY}"}
+    models:
+      a:
+        provider: al
+      b:
+        provider: prod
+      c:
+        provider: prod
+        classes: {}
+    """
+    assert errors(text, env={"KEY": SECRET}) == [
+        "modelsync.yaml:8:3: models.b: missing required key 'classes'",
+        "modelsync.yaml:12:14: models.c.classes: model 'c' has no classes; declare at least one",
+    ]
+
+
 # -- providers -------------------------------------------------------------------------
 
 
@@ -491,6 +587,44 @@ def test_provider_fields_that_do_not_apply(errors):
         "modelsync.yaml:11:5: providers.prod.path: path does not apply to provider type 'astica' (only to local)",
         "modelsync.yaml:17:5: providers.scen.output_layer: output_layer does not apply to provider type 'scenario' "
         "(only to annolab)",
+    ]
+
+
+def test_client_options_are_typed_and_checked_at_their_value(errors):
+    text = """\
+    version: 1
+    providers:
+      prod:
+        type: astica
+        api_key: ${env:KEY}
+        total_rate_limit: 0
+        timeout: -1
+        max_retries: 2.5
+        backoff_base: .inf
+        send_urls: maybe
+      aug:
+        type: autogon
+        api_key: ${env:KEY}
+        train_timeout: soon
+        send_urls: false
+        max_retries: -1
+      lab:
+        type: local
+        timeout: 5
+    models: {}
+    """
+    assert errors(text, env={"KEY": SECRET}) == [
+        "modelsync.yaml:6:23: providers.prod.total_rate_limit: must be greater than 0, got 0",
+        "modelsync.yaml:7:14: providers.prod.timeout: must be greater than 0, got -1",
+        "modelsync.yaml:8:18: providers.prod.max_retries: expected a whole number, got 2.5",
+        "modelsync.yaml:9:19: providers.prod.backoff_base: must be a finite number, got .inf",
+        "modelsync.yaml:10:16: providers.prod.send_urls: expected true or false, got 'maybe'",
+        "modelsync.yaml:14:20: providers.aug.train_timeout: expected a number, got 'soon'",
+        "modelsync.yaml:15:5: providers.aug.send_urls: send_urls does not apply to provider type 'autogon' "
+        "(only to astica)",
+        "modelsync.yaml:16:18: providers.aug.max_retries: must be 0 or more, got -1",
+        "modelsync.yaml:19:5: providers.lab.timeout: timeout does not apply to provider type 'local' "
+        "(only to astica, autogon, annolab, scenario)",
     ]
 
 

@@ -145,6 +145,58 @@ def test_single_declared_provider_is_used_by_models_without_one(tmp_path):
     assert spec.models["m"].title_or("m") == "Em"
 
 
+def test_vendor_client_options(tmp_path):
+    spec = load_spec(
+        write(
+            tmp_path,
+            """\
+            version: 1
+            providers:
+              prod:
+                type: astica
+                api_key: ${env:K}
+                rate_limit: 600
+                total_rate_limit: 900
+                timeout: 2.5
+                max_retries: 0
+                backoff_base: 0.1
+                send_urls: false
+              aug: {type: autogon, api_key: "${env:K}", train_timeout: 600, timeout: 10}
+              plain: {type: scenario, api_key: "${env:K}"}
+            models: {}
+            """,
+        ),
+        env={"K": SECRET},
+    )
+    prod, aug, plain = (spec.providers[n] for n in ("prod", "aug", "plain"))
+    assert (prod.rate_limit, prod.total_rate_limit, prod.timeout, prod.max_retries) == (600, 900, 2.5, 0)
+    assert (prod.backoff_base, prod.send_urls) == (0.1, False)
+    assert (aug.train_timeout, aug.timeout) == (600.0, 10.0)
+    unset = ("total_rate_limit", "timeout", "max_retries", "backoff_base", "send_urls", "train_timeout")
+    assert all(getattr(plain, name) is None for name in unset)  # None: the provider's own default
+
+
+def test_a_model_on_an_inference_only_provider_declares_no_classes(tmp_path):
+    spec = load_spec(
+        write(
+            tmp_path,
+            """\
+            version: 1
+            providers:
+              al: {type: annolab, api_key: "${env:K}", group_name: Acme, project: Docs}
+            models:
+              invoices:
+                title: Invoice Classifier
+                tags: [prod]
+            """,
+        ),
+        env={"K": SECRET},
+    )
+    model = spec.models["invoices"]
+    assert model.classes == {} and model.title_or("invoices") == "Invoice Classifier"
+    assert spec.provider_for("invoices")[0] == "al"
+
+
 def test_single_class_is_fine_without_auto_training_or_for_detection(tmp_path):
     spec = load_spec(
         write(
@@ -162,14 +214,14 @@ def test_single_class_is_fine_without_auto_training_or_for_detection(tmp_path):
                     samples:
                       - path: car.png
                         caption: a red car
-                        boxes: [{x: 0, y: 1.5, w: 10, h: 20}, {label: wheel, x: 1, y: 2, w: 3, h: 4}]
+                        boxes: [{x: 0, y: 1.5, w: 10, h: 20}, {label: car, x: 1, y: 2, w: 3, h: 4}]
             """,
         )
     )
     entry = spec.models["b"].classes["car"].samples[0]
     assert isinstance(entry, SampleEntry)
     assert entry.caption == "a red car"
-    assert [(b.label, b.x, b.y, b.w, b.h) for b in entry.boxes] == [(None, 0, 1.5, 10, 20), ("wheel", 1, 2, 3, 4)]
+    assert [(b.label, b.x, b.y, b.w, b.h) for b in entry.boxes] == [(None, 0, 1.5, 10, 20), ("car", 1, 2, 3, 4)]
 
 
 def test_string_fields_keep_the_text_yaml_would_read_as_numbers(tmp_path):
@@ -389,6 +441,13 @@ def test_json_schema_structure_titles_and_descriptions():
     provider = defs["ProviderSpec"]["properties"]
     assert provider["type"]["enum"] == ["local", "astica", "autogon", "annolab", "scenario"]
     assert "description" in provider["api_key"]
+    for name in ("total_rate_limit", "timeout", "max_retries", "backoff_base", "send_urls", "train_timeout"):
+        assert provider[name].get("description"), name
+    assert {"type": "integer", "exclusiveMinimum": 0} in provider["total_rate_limit"]["anyOf"]
+    assert {"type": "integer", "minimum": 0} in provider["max_retries"]["anyOf"]
+    assert {"type": "number", "exclusiveMinimum": 0} in provider["timeout"]["anyOf"]
+    assert {"type": "boolean"} in provider["send_urls"]["anyOf"]
+    assert "classes" not in defs["ModelSpec"].get("required", [])  # optional on inference-only providers
     assert defs["TrainingSpec"]["properties"]["model_type"]["enum"] == ["small", "medium", "large"]
     json.dumps(schema)  # serialisable as is
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from reconciler.local.errors import InvalidInputError, NotFoundError
+from reconciler.local.errors import InvalidInputError, NotFoundError, storage_error_from_os
 
 DIGEST_PREFIX = "sha256:"
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -47,21 +47,24 @@ class BlobStore:
                 return digest
         except FileNotFoundError:
             pass
-        final.parent.mkdir(exist_ok=True)
-        tmp = self._tmp / f"{final.name[:16]}.{os.getpid()}.{time.monotonic_ns()}.part"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-        except BaseException:
+            final.parent.mkdir(exist_ok=True)
+            tmp = self._tmp / f"{final.name[:16]}.{os.getpid()}.{time.monotonic_ns()}.part"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                tmp.unlink(missing_ok=True)
+                raise
             os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        os.replace(tmp, final)
+            os.replace(tmp, final)
+        except OSError as exc:  # a full disk, a quota, a file size limit: one line naming the blob
+            raise storage_error_from_os(exc, final) from None
         _fsync_dir(final.parent)
         return digest
 

@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from reconciler.local.errors import LocalError, StateError
+from reconciler.local.errors import LocalError, StateError, StorageError
 
 BUSY_TIMEOUT_MS = 30_000
+_SQLITE_IOERR = 10  # primary result codes (an extended code's low byte)
+_SQLITE_FULL = 13
 
 # Each entry upgrades the schema from version i to i + 1. Never edit a released entry:
 # append a new one. AUTOINCREMENT keeps ids from being reused after a delete, since
@@ -140,9 +142,12 @@ class Database:
         self._closed = False
         try:
             migrate(self.conn())
+        except StorageError:
+            self.close()
+            raise
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise LocalError(f"{path}: cannot open the database: {exc}") from None
+            raise storage_error(exc, path) or LocalError(f"{path}: cannot open the database: {exc}") from None
 
     def conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
@@ -151,10 +156,14 @@ class Database:
         if self._closed:
             raise StateError("the service is closed")
         c = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
-        c.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        c.execute("PRAGMA journal_mode = WAL")
-        c.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a killed process loses nothing committed
-        c.execute("PRAGMA foreign_keys = ON")
+        try:
+            c.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            c.execute("PRAGMA journal_mode = WAL")  # creates the -wal and -shm files: may meet a full disk
+            c.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a killed process loses nothing committed
+            c.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.OperationalError as exc:
+            c.close()
+            raise storage_error(exc, self.path) or exc from None
         self._local.conn = c
         with self._lock:
             self._conns.add(c)
@@ -169,13 +178,14 @@ class Database:
             return
         # Threads of this process queue here rather than in SQLite's busy handler, which
         # sleeps in steps of up to 100 ms; other processes still meet the busy timeout.
-        with self._write_lock:
+        with self._write_lock, self._storage_errors("writing"):
             c.execute("BEGIN IMMEDIATE")
             try:
                 yield c
             except BaseException:
                 if c.in_transaction:
-                    c.execute("ROLLBACK")
+                    with suppress(sqlite3.Error):  # the error that got us here is the one to report
+                        c.execute("ROLLBACK")
                 raise
             c.execute("COMMIT")
 
@@ -186,12 +196,24 @@ class Database:
         if c.in_transaction:
             yield c
             return
-        c.execute("BEGIN")
+        with self._storage_errors("reading"):
+            c.execute("BEGIN")
+            try:
+                yield c
+            finally:
+                if c.in_transaction:
+                    c.execute("COMMIT")
+
+    @contextmanager
+    def _storage_errors(self, doing: str) -> Iterator[None]:
+        """A full or failing disk -> StorageError naming the database file; other errors pass."""
         try:
-            yield c
-        finally:
-            if c.in_transaction:
-                c.execute("COMMIT")
+            yield
+        except sqlite3.OperationalError as exc:
+            err = storage_error(exc, self.path, doing)
+            if err is None:
+                raise
+            raise err from None
 
     def release(self) -> None:
         """Close the calling thread's connection (job threads call it when they end)."""
@@ -211,6 +233,19 @@ class Database:
             with suppress(sqlite3.Error):
                 c.close()
         self._local = threading.local()
+
+
+def storage_error(exc: sqlite3.Error, path: Path, doing: str = "writing") -> StorageError | None:
+    """SQLite's "database or disk is full" and "disk I/O error" as a one-line StorageError (None
+    for any other error). The disk may fill in the database file, its WAL or its shared memory."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    primary = code & 0xFF if isinstance(code, int) else None
+    text = str(exc).lower()
+    if primary == _SQLITE_FULL or "database or disk is full" in text:
+        return StorageError(f"disk full {doing} {path}")
+    if primary == _SQLITE_IOERR or "disk i/o error" in text:
+        return StorageError(f"disk I/O error {doing} {path} (is the disk full or failing?)")
+    return None
 
 
 def migrate(c: sqlite3.Connection) -> None:

@@ -8,6 +8,8 @@ tenants cannot probe each other's ids.
 
 from __future__ import annotations
 
+import errno
+
 
 class LocalError(Exception):
     code = "error"
@@ -36,3 +38,21 @@ class StateError(LocalError):
     """The object exists but is not in a state that allows the call (e.g. never trained)."""
 
     code = "state"
+
+
+class StorageError(LocalError):
+    """The service's own storage refused a read or write: the disk is full or failing.
+    Not the caller's fault, and retrying at once will not help."""
+
+    code = "storage"
+
+
+# errno values that mean "no room": a full disk, or a quota reached.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+def storage_error_from_os(exc: OSError, path: object, doing: str = "writing") -> StorageError:
+    """A one-line StorageError for an OSError met while ``doing`` ``path``."""
+    if exc.errno in NO_SPACE_ERRNOS:
+        return StorageError(f"disk full {doing} {path}")
+    return StorageError(f"{exc.strerror or type(exc).__name__} {doing} {path}")

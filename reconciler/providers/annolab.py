@@ -29,8 +29,8 @@ from reconciler.model import (
     VersionInfo,
 )
 from reconciler.providers import base as caps
-from reconciler.providers.astica import data_uri
 from reconciler.providers.base import NotFound, NotSupported, Provider, ProviderConfig, ProviderError
+from reconciler.providers.datauri import data_uri
 from reconciler.providers.http import HttpClient
 
 BASE_URL = "https://api.annolab.ai"
@@ -89,13 +89,13 @@ class AnnoLabProvider(Provider):
         self.group = str(opts.get("group_name") or "")
         self.project = str(opts.get("project") or DEFAULT_PROJECT)
         self.layer = str(opts.get("output_layer") or DEFAULT_LAYER)
-        total = opts.get("total_rate_limit", self.default_total_rate_limit)
+        per_endpoint, total = self.rate_limits()
         self.http = HttpClient(
             (config.base_url or BASE_URL).rstrip("/"),
             vendor="annolab",
             headers={"Authorization": f"Api-Key {self._key}"},
-            rate_limit=config.rate_limit or self.default_rate_limit,
-            total_rate_limit=int(total) if total else None,
+            rate_limit=per_endpoint,
+            total_rate_limit=total,
             timeout=float(opts.get("timeout", 60.0)),
             max_retries=int(opts.get("max_retries", 5)),
             backoff_base=float(opts.get("backoff_base", 0.5)),
@@ -149,6 +149,9 @@ class AnnoLabProvider(Provider):
         raise NotSupported(NOT_HERE)
 
     # -- inference -------------------------------------------------------------------
+    def predict(self, remote_id: str, version: str | None, images: list[ImageInput], **kw: Any) -> list[Prediction]:
+        raise NotSupported("annolab runs batch inference jobs only: use `modelsync infer MODEL --sources ...`")
+
     def _need_group(self) -> str:
         if not self.group:
             raise ProviderError(f"{self.config.name}: annolab needs group_name (the AnnoLab group of the project)")

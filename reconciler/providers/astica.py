@@ -16,7 +16,6 @@ dataset_digest, sample_id, scores) are used when present and never required.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
 from typing import Any
@@ -35,6 +34,7 @@ from reconciler.model import (
 )
 from reconciler.providers import base as caps
 from reconciler.providers.base import NotFound, Provider, ProviderConfig, ProviderError
+from reconciler.providers.datauri import base64_text, data_uri
 from reconciler.providers.http import HttpClient, error_text
 
 TRAIN_URL = "https://train.astica.ai"
@@ -56,25 +56,6 @@ def _tags(value: Any) -> tuple[str, ...]:
     if isinstance(value, list):
         return tuple(str(t) for t in value)
     return tuple(t.strip() for t in str(value or "").split(",") if t.strip())
-
-
-def media_type(data: bytes) -> str:
-    """The image type by magic bytes, for data: URIs."""
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    if data.startswith(b"GIF8"):
-        return "image/gif"
-    if data.startswith(b"BM"):
-        return "image/bmp"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "application/octet-stream"
-
-
-def data_uri(data: bytes) -> str:
-    return f"data:{media_type(data)};base64," + base64.b64encode(data).decode("ascii")
 
 
 def parse_confidence(value: Any) -> float:
@@ -118,14 +99,14 @@ class AsticaProvider(Provider):
         self.train_url = base or TRAIN_URL
         self.detect_url = base or DETECT_URL
         opts = config.options or {}
-        total = opts.get("total_rate_limit", self.default_total_rate_limit)
+        per_endpoint, total = self.rate_limits()
         # URL samples are passed to astica to fetch, unless `send_urls: false` (then their bytes are sent).
         self.send_urls = bool(opts.get("send_urls", True))
         self.http = HttpClient(
             self.train_url,
             vendor="astica",
-            rate_limit=config.rate_limit or self.default_rate_limit,
-            total_rate_limit=int(total) if total else None,
+            rate_limit=per_endpoint,
+            total_rate_limit=total,
             timeout=float(opts.get("timeout", 30.0)),
             max_retries=int(opts.get("max_retries", 5)),
             backoff_base=float(opts.get("backoff_base", 0.5)),
@@ -266,7 +247,7 @@ class AsticaProvider(Provider):
         send_url = self.send_urls and item.url and item.url.startswith(("http://", "https://"))
         payload = item.url if send_url else None
         if payload is None:
-            payload = base64.b64encode(item.read()).decode("ascii")
+            payload = base64_text(item.read())
         body = {"model_id": self._id(remote_id), "model_class": item.class_name, "input": payload, "uid": item.uid}
         data = self._call(
             "/model/upload", f"upload {item.uid}", body, landed=lambda: self._uid_landed(remote_id, item)

@@ -34,8 +34,8 @@ from reconciler.model import (
     VersionInfo,
 )
 from reconciler.providers import base as caps
-from reconciler.providers.astica import data_uri
 from reconciler.providers.base import NotFound, NotSupported, Provider, ProviderConfig, ProviderError
+from reconciler.providers.datauri import data_uri
 from reconciler.providers.http import HttpClient, error_text
 
 BASE_URL = "https://api.autogon.ai"
@@ -128,11 +128,11 @@ class AutogonProvider(Provider):
             stats=self.stats,
             secrets=(self._key,),
         )
-        total = opts.get("total_rate_limit", self.default_total_rate_limit)
+        per_endpoint, total = self.rate_limits()
         self.http = HttpClient(
             base,
-            rate_limit=config.rate_limit or self.default_rate_limit,
-            total_rate_limit=int(total) if total else None,
+            rate_limit=per_endpoint,
+            total_rate_limit=total,
             timeout=float(opts.get("timeout", 30.0)),
             **common,
         )

@@ -100,6 +100,22 @@ class Provider(ABC):
         self.config = config
         self.stats = CallStats()
 
+    def rate_limits(self) -> tuple[int | None, int | None]:
+        """(per endpoint, in all): requests a minute to pace at (None: unlimited).
+
+        The spec's ``rate_limit`` and ``total_rate_limit`` when set, else the vendor's documented
+        limits. A ``rate_limit`` alone scales the documented total by the same factor, keeping
+        the vendor's ratio (astica documents 90 and 180: ``rate_limit: 600`` paces the total at
+        1200), so raising the per-endpoint limit for a test server is not capped by the default total.
+        """
+        per_endpoint = self.config.rate_limit or self.default_rate_limit
+        total = (self.config.options or {}).get("total_rate_limit")
+        if total is None:
+            total = self.default_total_rate_limit
+            if total is not None and self.config.rate_limit and self.default_rate_limit:
+                total = max(1, round(total * self.config.rate_limit / self.default_rate_limit))
+        return per_endpoint, int(total) if total else None
+
     # -- lifecycle ---------------------------------------------------------------
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; called once when the command ends."""

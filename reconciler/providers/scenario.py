@@ -98,13 +98,13 @@ class ScenarioProvider(Provider):
         opts = config.options or {}
         self.team_id = opts.get("team_id")
         self.project_id = opts.get("project_id")
-        total = opts.get("total_rate_limit", self.default_total_rate_limit)
+        per_endpoint, total = self.rate_limits()
         self.http = HttpClient(
             (config.base_url or BASE_URL).rstrip("/"),
             vendor="scenario",
             headers={"Authorization": f"Bearer {self._key}"},
-            rate_limit=config.rate_limit or self.default_rate_limit,
-            total_rate_limit=int(total) if total else None,
+            rate_limit=per_endpoint,
+            total_rate_limit=total,
             timeout=float(opts.get("timeout", 60.0)),
             max_retries=int(opts.get("max_retries", 5)),
             backoff_base=float(opts.get("backoff_base", 0.5)),

@@ -36,7 +36,8 @@ class ApiError(Exception):
     403 permission, 404 not found, 409 conflict, 413 too large, 429, 5xx); the dialect's
     ``error_response`` may answer a different one (astica answers app errors with 200).
     ``code`` is a short machine name: invalid, validation, auth, forbidden, not_found,
-    conflict, state, too_large, rate_limited, internal, fault, no_route (unknown path/method).
+    conflict, state, too_large, rate_limited, internal, fault, no_route (unknown path/method),
+    storage (the server's disk is full or failing).
     """
 
     def __init__(self, status: int, message: str, *, code: str | None = None, headers: dict[str, str] | None = None):
@@ -198,9 +199,12 @@ def service_errors() -> Iterator[None]:
 
 
 def api_error_from_local(exc: Exception) -> ApiError:
-    from reconciler.local.errors import ConflictError, InvalidInputError, NotFoundError, StateError
+    from reconciler.local.errors import ConflictError, InvalidInputError, NotFoundError, StateError, StorageError
 
     message = str(exc) or type(exc).__name__
+    if isinstance(exc, StorageError):  # the server's disk, not the request: 507; its path only in the log
+        log.error("%s", message)
+        return ApiError(507, "insufficient storage: the server could not store this", code="storage")
     if isinstance(exc, NotFoundError):
         return ApiError(404, message, code="not_found")
     if isinstance(exc, ConflictError):
