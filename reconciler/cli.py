@@ -415,8 +415,11 @@ def serve(
         int, typer.Option("--rate-limit", min=0, help="Requests a minute per endpoint (0: off).")
     ] = 90,
     total_rate_limit: Annotated[
-        int, typer.Option("--total-rate-limit", min=0, help="Requests a minute per key in all (0: off).")
-    ] = 180,
+        int | None,
+        typer.Option(
+            "--total-rate-limit", min=0, help="Requests a minute per key in all (0: off; default: twice --rate-limit)."
+        ),
+    ] = None,
     allow_private_urls: Annotated[
         bool, typer.Option("--allow-private-urls", help="Let URL inputs reach loopback and private addresses.")
     ] = False,
@@ -444,7 +447,7 @@ def serve(
         data_dir=str(data),
         keys=keys,
         rate_limit=rate_limit or None,
-        total_rate_limit=total_rate_limit or None,
+        total_rate_limit=(2 * rate_limit if total_rate_limit is None else total_rate_limit) or None,
         allow_private_urls=allow_private_urls,
         log_level=log_level,
         faults=None,
