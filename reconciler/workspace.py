@@ -117,6 +117,9 @@ class Workspace:
             t = model.training
             if t.config:
                 need(caps.CAP_CONFIGURE, (*where, "training", "config"), "take a training config")
+                for ckey, message in provider_class(pspec.type).training_config_errors(dict(t.config)):
+                    at = (*where, "training", "config", *((ckey,) if ckey else ()))
+                    out.append(str(spec.diagnostic(at, message, at_key=message.startswith("unknown key"))))
             if t.model_type != "small":
                 need(caps.CAP_MODEL_TYPE, (*where, "training", "model_type"), "choose a model_type")
             if t.base:

@@ -338,9 +338,13 @@ class Spec(BaseModel):
         """1-based (line, col) of the node at ``path``, or of its nearest existing ancestor."""
         return self._positions.locate(tuple(path)) if self._positions is not None else (0, 0)
 
-    def diagnostic(self, path: SpecPath, message: str) -> Diagnostic:
-        """A diagnostic at ``path``, for stages after loading (e.g. the resolver's "no such file")."""
-        line, col = self.locate(path)
+    def diagnostic(self, path: SpecPath, message: str, *, at_key: bool = False) -> Diagnostic:
+        """A diagnostic at ``path``, for stages after loading (e.g. the resolver's "no such file");
+        ``at_key`` points at the mapping key rather than its value (for unknown keys)."""
+        if at_key and self._positions is not None:
+            line, col = self._positions.locate_key(tuple(path))
+        else:
+            line, col = self.locate(path)
         return Diagnostic(self._shown, line, col, format_path(tuple(path)), message)
 
     def provider_for(self, model_key: str) -> tuple[str, ProviderSpec]:

@@ -97,6 +97,19 @@ CASES = [
         "modelsync.yaml:6:5: models.shapes.classes: provider 'al' is annolab, which only runs inference on models "
         "built in its own tools: it cannot upload samples or create classes (remove classes:)",
     ),
+    (
+        "training config the trainer refuses",
+        GOOD_HEAD + "      circle: {samples: [data/circle/a.png]}\n      square: {samples: [data/square/b.png]}\n"
+        "    training:\n      config:\n        learning_rate: 0.1\n        steps: -5\n",
+        "modelsync.yaml:10:16: models.shapes.training.config.steps: expected a positive integer, got -5",
+    ),
+    (
+        "training config with an unknown key",
+        GOOD_HEAD + "      circle: {samples: [data/circle/a.png]}\n      square: {samples: [data/square/b.png]}\n"
+        "    training: {config: {stepz: 10}}\n",
+        "modelsync.yaml:7:25: models.shapes.training.config.stepz: unknown key (known: batch_size, holdout, l2, "
+        "learning_rate, seed, steps)",
+    ),
 ]
 
 

@@ -116,6 +116,12 @@ class Provider(ABC):
                 total = max(1, round(total * self.config.rate_limit / self.default_rate_limit))
         return per_endpoint, int(total) if total else None
 
+    @classmethod
+    def training_config_errors(cls, config: dict[str, Any]) -> list[tuple[str | None, str]]:
+        """What in ``training.config`` this provider's trainer would refuse, as (key, message);
+        checked at validate so a bad value fails before anything is sent, not after the uploads."""
+        return []
+
     # -- lifecycle ---------------------------------------------------------------
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; called once when the command ends."""

@@ -106,6 +106,18 @@ class LocalProvider(Provider):
             caps.CAP_INFER,
         }
     )
+
+    @classmethod
+    def training_config_errors(cls, config: dict[str, Any]) -> list[tuple[str | None, str]]:
+        from reconciler.local.trainer import TrainingError, parse_config
+
+        try:
+            parse_config(config)
+        except TrainingError as exc:
+            where, _, message = str(exc).partition(": ")
+            key = where.removeprefix("training.config.")
+            return [(key if key in config else None, message or str(exc))]
+        return []
     default_rate_limit = None
     default_total_rate_limit = None
     poll_interval = 0.1  # seconds between status polls (apply and infer read it)
