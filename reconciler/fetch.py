@@ -21,6 +21,13 @@ class FetchError(Exception):
     """A URL could not be fetched; the message names the URL and why."""
 
 
+def fetch_url(url: str) -> bytes:
+    """The bytes at ``url``, with the same timeout and size cap as URL sources (no cache):
+    for images named on the command line (predict, infer)."""
+    data, _, _ = UrlCache._download(url, {})
+    return data
+
+
 class UrlCache:
     """``.modelsync/cache/urls.json`` (validators and digests) + ``blobs/`` (the bytes)."""
 

@@ -81,14 +81,13 @@ def _load_inputs(ws: Workspace, inputs: list[str]) -> list[ImageInput]:
     images = []
     for text in inputs:
         if is_url(text):
-            import httpx
+            from reconciler.fetch import FetchError, fetch_url
 
             try:
-                resp = httpx.get(text, timeout=30.0, follow_redirects=True)
-                resp.raise_for_status()
-            except httpx.HTTPError as exc:
-                raise UserError(f"cannot fetch {text}: {exc}") from None
-            images.append(ImageInput(name=text, data=resp.content, url=text))
+                data = fetch_url(text)
+            except FetchError as exc:
+                raise UserError(f"cannot fetch {exc}") from None
+            images.append(ImageInput(name=text, data=data, url=text))
             continue
         path = Path(text)
         if not path.is_absolute():

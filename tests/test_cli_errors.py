@@ -241,6 +241,19 @@ def test_predict_bad_inputs(trained, args, expected, monkeypatch):
     assert "Traceback" not in r.err
 
 
+def test_predict_on_urls_that_fail_is_one_clear_line(trained, tmp_path, static_files, monkeypatch):
+    web = tmp_path / "web"
+    web.mkdir()
+    with open(web / "huge.png", "wb") as f:
+        f.write((trained / "unseen" / "circle-00.png").read_bytes())
+        f.truncate(51 * 2**20)  # past the 50 MB cap that URL sources have too
+    base = static_files(web)
+    monkeypatch.chdir(trained)
+    for url, expected in [(f"{base}/missing.png", "HTTP 404"), (f"{base}/huge.png", "larger than 50 MB")]:
+        r = run_cli(trained, "predict", "shapes", url)
+        assert r.code == 1 and r.err.strip() == f"Error: cannot fetch {url}: {expected}", r.err
+
+
 def test_predict_on_an_untrained_model(tmp_path, monkeypatch):
     project = spec_project(
         tmp_path,

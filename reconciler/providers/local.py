@@ -386,11 +386,9 @@ class LocalProvider(Provider):
 
 
 def _fetch(url: str, op: str) -> bytes:
-    import httpx
+    from reconciler.fetch import FetchError, fetch_url
 
     try:
-        resp = httpx.get(url, timeout=30.0, follow_redirects=True)
-        resp.raise_for_status()
-    except httpx.HTTPError as exc:
-        raise ProviderError(f"{op}: cannot fetch {url}: {exc}") from None
-    return resp.content
+        return fetch_url(url)
+    except FetchError as exc:
+        raise ProviderError(f"{op}: cannot fetch {exc}") from None
