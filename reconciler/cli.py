@@ -364,7 +364,12 @@ def predict(
 def infer(
     ctx: typer.Context,
     model: str,
-    sources: Annotated[list[str], typer.Option("--sources", help="Images to run on (repeatable).")],
+    sources: Annotated[
+        list[str] | None, typer.Option("--sources", help="Images (paths or URLs) to run on (repeatable).")
+    ] = None,
+    job: Annotated[
+        str | None, typer.Option("--job", help="Follow a job started before (e.g. with --no-wait) instead.")
+    ] = None,
     version: Annotated[str | None, typer.Option("--version")] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Poll the job to its end.")] = True,
     timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds to wait at most.")] = 1800.0,
@@ -373,9 +378,11 @@ def infer(
     """Run an asynchronous batch inference job and poll it to its end."""
     from reconciler.queries import run_inference
 
+    if bool(sources) == (job is not None):
+        raise UserError("infer: give either --sources (to start a job) or --job (to follow one)")
     ws = _ws(ctx)
     try:
-        status_ = run_inference(ws, model, sources, version, wait, timeout, None if json_out else _stderr())
+        status_ = run_inference(ws, model, sources or [], version, wait, timeout, None if json_out else _stderr(), job)
     finally:
         ws.close()
     body = {

@@ -133,12 +133,26 @@ def render_predictions(preds: list[Prediction], out: Any) -> None:
 
 
 def run_inference(
-    ws: Workspace, key: str, sources: list[str], version: str | None, wait: bool, timeout: float, err: Any
+    ws: Workspace,
+    key: str,
+    sources: list[str],
+    version: str | None,
+    wait: bool,
+    timeout: float,
+    err: Any,
+    job: str | None = None,
 ) -> InferenceStatus:
+    """Start a batch inference job on ``sources`` (or follow the existing ``job``), and poll it
+    to its end when ``wait``."""
     provider, remote_id = locate_model(ws, key)
-    images = _load_inputs(ws, sources)
+    if not wait and job is None and not provider.jobs_outlive_the_process:
+        raise UserError(
+            f"infer {key}: provider type '{provider.type}' runs inference jobs inside this command, so "
+            "--no-wait would end the job with it; use --wait, or `modelsync serve` and a vendor provider"
+        )
+    images = _load_inputs(ws, sources) if job is None else []
     try:
-        job_id = provider.start_inference(remote_id, version, images)
+        job_id = job if job is not None else provider.start_inference(remote_id, version, images)
         status = provider.inference_status(job_id)
         deadline = time.monotonic() + timeout
         interval = getattr(provider, "poll_interval", 1.0)

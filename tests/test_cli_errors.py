@@ -254,6 +254,14 @@ def test_predict_on_urls_that_fail_is_one_clear_line(trained, tmp_path, static_f
         assert r.code == 1 and r.err.strip() == f"Error: cannot fetch {url}: {expected}", r.err
 
 
+def test_infer_without_waiting_is_refused_on_the_embedded_backend(trained, monkeypatch):
+    monkeypatch.chdir(trained)
+    r = run_cli(trained, "infer", "shapes", "--sources", "unseen/circle-00.png", "--no-wait")
+    assert r.code == 1 and "--no-wait would end the job" in r.err, r.err
+    r = run_cli(trained, "infer", "shapes", "--sources", "unseen/circle-00.png", "--json")
+    assert r.code == 0 and r.json()["status"] == "Finished" and r.json()["results"][0]["label"] == "circle"
+
+
 def test_predict_on_an_untrained_model(tmp_path, monkeypatch):
     project = spec_project(
         tmp_path,

@@ -178,6 +178,17 @@ def test_modelsync_infer_through_the_cli(server, tmp_path, monkeypatch):
     assert [(x["input"], x["label"]) for x in body["results"]] == [(sources[0], "circle"), (sources[1], "square")]
     assert KEY_A not in r.out + r.err
 
+    # start without waiting, then follow the job by its id until its results can be read
+    r = run_cli(project, "infer", "shapes", "--sources", sources[1], "--no-wait", "--json")
+    assert r.code == 0 and r.json()["status"] in ("Queued", "Running", "Finished"), r.out + r.err
+    job_id = r.json()["job_id"]
+    r = run_cli(project, "infer", "shapes", "--job", job_id, "--json")
+    assert r.code == 0, r.err
+    assert (r.json()["job_id"], r.json()["status"]) == (job_id, "Finished")
+    assert [(x["input"], x["label"]) for x in r.json()["results"]] == [(sources[1], "square")]
+    r = run_cli(project, "infer", "shapes", "--job", job_id, "--sources", sources[0])
+    assert r.code == 1 and "either --sources" in r.err
+
 
 def test_infer_end_to_end_through_the_cli_against_a_serve_process(serve_process, tmp_path, monkeypatch):
     """The whole flow: a model trained on the vendor's side (here by `modelsync apply` through

@@ -95,6 +95,8 @@ class Provider(ABC):
     # Requests a minute per endpoint, and in all, when the spec sets no rate_limit (None: unlimited).
     default_rate_limit: ClassVar[int | None] = None
     default_total_rate_limit: ClassVar[int | None] = None
+    # False when batch inference jobs run inside this process (the embedded backend): they end with it.
+    jobs_outlive_the_process: ClassVar[bool] = True
 
     def __init__(self, config: ProviderConfig):
         self.config = config

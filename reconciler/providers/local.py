@@ -86,6 +86,7 @@ def prediction(name: str, p: dict) -> Prediction:
 
 class LocalProvider(Provider):
     type = "local"
+    jobs_outlive_the_process = False
     capabilities = frozenset(
         {
             caps.CAP_MODELS,
