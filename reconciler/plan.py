@@ -501,6 +501,8 @@ def build_plan(
         ops, warns, unmanaged, mass = plan_model(model, remote, mstate, capabilities[model.provider])
         plan.operations.extend(ops)
         plan.warnings.extend(warns)
+        if remote is not None:
+            plan.warnings.extend(attribute_drift(model, remote))
         if unmanaged:
             plan.unmanaged[key] = unmanaged
         if mass:
@@ -523,6 +525,26 @@ def build_plan(
     # Stable: keeps each model's sorted order inside a phase.
     plan.operations.sort(key=lambda o: order[o.op])
     return plan
+
+
+def attribute_drift(desired: DesiredModel, remote: RemoteModel) -> list[str]:
+    """Model attributes (type, purpose, tags) that differ from the spec. No vendor API edits a
+    model's attributes after creation, so they are reported rather than planned; a new title
+    replaces the model and applies them."""
+    out = []
+    pairs = [
+        ("type", desired.type, remote.type),
+        ("purpose", desired.purpose, remote.purpose),
+        ("tags", sorted(desired.tags), sorted(remote.tags)),
+    ]
+    for name, want, have in pairs:
+        if have is None or have == [] or want == have:  # a vendor that reports no such attribute
+            continue
+        out.append(
+            f"{desired.key}: {name} is {have!r} on the remote but {want!r} in the spec; model attributes "
+            "cannot be changed after creation (a new title replaces the model with them)"
+        )
+    return out
 
 
 def _delete_model(key: str, provider: str, remote: RemoteModel, reason: str) -> Operation:

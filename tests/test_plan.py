@@ -216,6 +216,19 @@ def test_plan_json_round_trip():
     assert body["operations"][1]["class"] in ("circle", "square")
 
 
+def test_changed_model_attributes_are_reported_not_planned():
+    model = dataclasses.replace(desired(A, B, C), tags=("demo", "new"), purpose="detection")
+    remote = dataclasses.replace(remote_of(desired(A, B, C)), type="vision", purpose="classification",
+                                 tags=("demo",))
+    plan = build_plan({"shapes": model}, {"shapes": remote}, State(), {"lab": CAPS})
+    attribute_warnings = [w for w in plan.warnings if "cannot be changed after creation" in w]
+    assert [w.split(" is ")[0] for w in attribute_warnings] == ["shapes: purpose", "shapes: tags"]
+    assert not any(o.op in ("create_model", "delete_model") for o in plan.operations)
+    quiet = dataclasses.replace(remote, tags=(), purpose=None)  # a vendor that reports neither
+    plan = build_plan({"shapes": model}, {"shapes": quiet}, State(), {"lab": CAPS})
+    assert not [w for w in plan.warnings if "cannot be changed after creation" in w]
+
+
 # --------------------------------------------------------------------------- properties
 
 
