@@ -91,7 +91,7 @@ def _load_inputs(ws: Workspace, inputs: list[str]) -> list[ImageInput]:
             continue
         path = Path(text)
         if not path.is_absolute():
-            path = Path.cwd() / path
+            path = ws.workdir / path  # -C's directory, as git -C does
         try:
             images.append(ImageInput(name=text, data=path.read_bytes()))
         except FileNotFoundError:

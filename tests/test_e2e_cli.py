@@ -184,6 +184,24 @@ def test_locked_plan_names_the_changed_source(project: Path):
     assert "data/square/square-05.png changed" in r.err
 
 
+def test_an_in_sync_apply_writes_a_missing_lock_file(project: Path, tmp_path: Path):
+    assert run_cli(project, "apply", "--auto-approve").code == 0
+    pinned = (project / "modelsync.lock").read_text()
+    (project / "modelsync.lock").unlink()
+    assert run_cli(project, "plan", "--locked").code == 1
+    r = run_cli(project, "apply", "--auto-approve")
+    assert r.code == 0 and "No changes" in r.out
+    assert (project / "modelsync.lock").read_text() == pinned
+    assert run_cli(project, "plan", "--locked", "--detailed-exitcode").code == 0
+
+
+def test_relative_image_paths_are_taken_from_the_c_directory(project: Path, tmp_path: Path, monkeypatch):
+    assert run_cli(project, "apply", "--auto-approve").code == 0
+    monkeypatch.chdir(tmp_path)
+    r = run_cli(project, "predict", "shapes", "unseen/circle-00.png", "--json")
+    assert r.code == 0 and r.json()[0]["label"] == "circle", r.err
+
+
 def test_destroy_removes_the_model_and_prevent_destroy_blocks_it(project: Path):
     assert run_cli(project, "apply", "--auto-approve").code == 0
     spec = project / "modelsync.yaml"
