@@ -6,7 +6,7 @@ title, and ``modelsync infer MODEL --sources ...`` runs it: each input is upload
 source of the provider's ``project`` (created if missing), a batch job writes the
 predictions into ``output_layer``, the job is polled until Finished or Errored, and the
 predictions are read back from that layer. Everything besides the two documented
-inference endpoints uses the extensions `modelsync serve` documents in WIRE.md.
+inference endpoints uses the extensions `modelsync serve` documents in docs/WIRE.md.
 
 Provider options: ``group_name`` (the AnnoLab group), ``project`` (default "modelsync"),
 ``output_layer`` (default "modelsync-predictions").

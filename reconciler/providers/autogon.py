@@ -11,7 +11,7 @@ What the API makes hard, and how this provider copes:
   timeout of its own; a trained model is named by ``model_save_name``, and that name is
   the version modelsync records, predicts with, and retrains from (``training.base``).
 * projects and their saved models are read through the project endpoints `modelsync
-  serve` documents in WIRE.md (Autogon's public docs do not cover them).
+  serve` documents in docs/WIRE.md (Autogon's public docs do not cover them).
 """
 
 from __future__ import annotations

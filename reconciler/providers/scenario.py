@@ -3,7 +3,7 @@
 What the API makes hard, and how this provider copes:
 
 * the tool has no create, list or read: models are created and read through the model
-  endpoints `modelsync serve` documents in WIRE.md (``/scenario/models``); ids are
+  endpoints `modelsync serve` documents in docs/WIRE.md (``/scenario/models``); ids are
   ``model_<n>`` and training image ids ``ti_<n>``.
 * Scenario keeps no uid: a training image is reported with ``uid=None`` and its URL; the
   reconciler maps it to a uid through the image id ``upload_sample`` returns.
