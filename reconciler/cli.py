@@ -411,6 +411,7 @@ def infer(
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8700,
     data: Annotated[Path, typer.Option("--data", help="Data directory of the embedded service.")] = Path(
@@ -444,6 +445,7 @@ def serve(
             keys.update(load_keys_file(keys_file))
     except (OSError, ValueError) as exc:
         raise UserError(f"--keys-file: {exc}") from None
+    data = _in_project(ctx, data)
     try:
         data.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
