@@ -208,3 +208,17 @@ def test_rate_limited_in_annolab_shape(serve_thread):
         assert [client.get("/v1/models", headers=h(KEY_A)).status_code for _ in range(2)] == [200, 200]
         r = client.get("/v1/models", headers=h(KEY_A))
         assert r.status_code == 429 and set(r.json()) == {"message"} and int(r.headers["Retry-After"]) >= 1
+
+
+def test_keys_limited_to_projects_create_only_their_projects(env):
+    """A key with ``projects`` reaches only those; it may create a project named in its list, no other
+    (its list is fixed when the server starts, so another new project would be invisible to it)."""
+    _, client = env
+    r = client.post("/v1/project/create", json={"groupName": "Company Name", "projectName": "Third"},
+                    headers=h(KEY_OTHER_PROJECT))
+    assert r.status_code == 403 and set(r.json()) == {"message"}
+    assert "limited to certain projects" in r.json()["message"]
+    pid = project(client, "Another Project", key=KEY_OTHER_PROJECT)
+    assert client.get(f"/v1/project/{pid}", headers=h(KEY_OTHER_PROJECT)).status_code == 200
+    other = project(client, "Third")  # an unlimited key of the same owner
+    assert client.get(f"/v1/project/{other}", headers=h(KEY_OTHER_PROJECT)).status_code == 404

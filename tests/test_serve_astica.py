@@ -139,6 +139,67 @@ def test_documented_examples_answer_documented_fields(astica):
     assert astica("/model/list", {})["dataset_list"] == []
 
 
+def test_sample_remove_by_uid_names_one_sample(astica):
+    """astica documents sample_uid "in place of sample_id": it names one sample. A uid found in two
+    models removes nothing and asks for model_id; the documented body (sample_id, empty uid) works."""
+    m1, m2 = create(astica, "one"), create(astica, "two")
+    upload(astica, m1, "a", "circle-06", uid="shared")
+    upload(astica, m2, "a", "circle-07", uid="shared")
+    s = upload(astica, m2, "a", "circle-08", uid="only-in-two")
+    out = astica("/model/sample_remove", {"sample_uid": "shared"})
+    assert out["status"] == "ERROR" and "model_id" in out["error"] and f"{m1}, {m2}" in out["error"]
+    assert [astica("/model/view", {"model_id": m})["dataset"]["numSample"] for m in (m1, m2)] == [1, 2]
+    assert astica("/model/sample_remove", {"sample_uid": "shared", "model_id": str(m2)}) == {"status": "OK"}
+    assert astica("/model/sample_remove", {"sample_uid": "shared"}) == {"status": "OK"}  # now only in m1
+    assert astica("/model/sample_remove", {"tkn": KEY_A, "sample_id": str(s["sample_id"]), "sample_uid": ""}) == {
+        "status": "OK"}  # the documented request
+    assert [astica("/model/view", {"model_id": m})["dataset"]["numSample"] for m in (m1, m2)] == [0, 0]
+
+
+def test_keys_limited_to_projects_see_only_their_models(serve_thread):
+    """A key with ``projects`` (astica's unit of access is the model) lists and uses only those models,
+    reaches samples and classes only through them, and cannot create models."""
+    scoped = "test-key-scoped-0003"
+    handle = serve_thread(keys={KEY_A: KeyInfo(owner="alice"), scoped: KeyInfo(owner="alice",
+                                                                              project_ids=frozenset({"1"}))},
+                          rate_limit=None, total_rate_limit=None)
+    client = httpx.Client(base_url=handle.base_url, timeout=30)
+
+    def post(path: str, body: dict, key: str = KEY_A) -> dict:
+        return client.post(path, json={"tkn": key, **body}).json()
+
+    m1, m2 = create(post, "mine"), create(post, "not mine")
+    assert m1 == 1
+    s1 = upload(post, m1, "a", "circle-09", uid="u")
+    s2 = upload(post, m2, "a", "circle-10", uid="u")
+    assert [e["id"] for e in post("/model/list", {}, scoped)["dataset_list"]] == [m1]
+    assert [e["id"] for e in post("/model/view", {}, scoped)["dataset_list"]] == [m1]
+    assert post("/model/view", {"model_id": str(m1)}, scoped)["status"] == "OK"
+    b64 = base64.b64encode(png("circle-11")).decode()
+    no_access = f"model {m2}: this API key has no access to it"
+    class_id = post("/model/view", {"model_id": m2})["dataset"]["class_list"][0]["id"]
+    for path, body, message in [
+        ("/model/view", {"model_id": str(m2)}, no_access),
+        ("/model/upload", {"model_id": m2, "model_class": "a", "input": b64}, no_access),
+        ("/model/model_train", {"model_id": m2}, no_access),
+        ("/model/model_remove", {"model_id": m2}, no_access),
+        ("/detect", {"model_id": m2, "input": b64}, no_access),
+        ("/model/sample_remove", {"sample_id": s2["sample_id"]}, no_access),
+        ("/model/sample_remove", {"sample_uid": "u", "model_id": m2}, no_access),
+        ("/model/class_remove", {"class_id": class_id}, f"class {class_id}: not found"),
+        ("/model/create", {"dataset_title": "t", "dataset_type": "vision", "dataset_purpose": "classification"},
+         "this API key is limited to certain models and cannot create a new model"),
+    ]:
+        assert post(path, body, scoped) == {"status": "ERROR", "error": message}, path
+    assert [e["title"] for e in post("/model/list", {})["dataset_list"]] == ["mine", "not mine"]
+    assert post("/model/view", {"model_id": m2})["dataset"]["numSample"] == 1  # untouched
+    # the uid is in both models, but this key sees one: its own sample goes
+    assert post("/model/sample_remove", {"sample_uid": "u"}, scoped) == {"status": "OK"}
+    assert [post("/model/view", {"model_id": m})["dataset"]["numSample"] for m in (m1, m2)] == [0, 1]
+    assert s1["status"] == "OK"
+    client.close()
+
+
 def test_ids_as_ints_and_strings_and_sample_remove_by_uid(astica):
     mid = create(astica, "ids")
     upload(astica, mid, "a", "circle-02", uid="u-1")
@@ -193,7 +254,7 @@ def test_errors_use_astica_shape(astica):
     r = client.post("/model/list", json={})
     assert r.status_code == 400 and r.json()["status"] == "ERROR" and "tkn" in r.json()["error"]
     r = client.post("/model/view", json={"tkn": KEY_A, "model_id": "12ab"})
-    assert r.json()["status"] == "ERROR" and "model_id" in r.json()["error"] and "12ab" in r.json()["error"]
+    assert r.json() == {"status": "ERROR", "error": "model_id: expected an id (a whole number such as 1495)"}
     r = client.post("/model/view", json={"tkn": KEY_A, "model_id": 999999})
     assert r.status_code == 200 and r.json()["status"] == "ERROR"
     r = client.post("/model/upload", content=b"{nope", headers={"content-type": "application/json"})
@@ -242,6 +303,31 @@ def test_rate_limit_window_slides(serve_thread):
         assert [c.post("/model/list", json={"tkn": KEY_A}).status_code for _ in range(3)] == [200, 200, 429]
         time.sleep(1.05)
         assert c.post("/model/list", json={"tkn": KEY_A}).status_code == 200
+
+
+def test_retry_after_is_the_wait_until_the_window_admits_one_more(serve_thread):
+    """The limiter is a sliding window (astica: "in any one minute period"), so Retry-After is the
+    time until the oldest counted request leaves it: the full window right after a burst, less later."""
+    from reconciler.local.serve.ratelimit import SlidingWindowLimiter
+
+    now = [0.0]
+    limiter = SlidingWindowLimiter(2, None, clock=lambda: now[0])
+    assert limiter.check("k", "/a") is None
+    now[0] = 30.0
+    assert limiter.check("k", "/a") is None
+    now[0] = 31.0
+    assert limiter.check("k", "/a") == 29  # the request of t=0 leaves the window at t=60
+    now[0] = 59.2
+    assert limiter.check("k", "/a") == 1  # 0.8 s, rounded up
+    now[0] = 60.0
+    assert limiter.check("k", "/a") is None
+
+    handle = serve_thread(keys=[KEY_A], rate_limit=2, total_rate_limit=None, rate_window=6.0)
+    with httpx.Client(base_url=handle.base_url) as c:
+        assert [c.post("/model/list", json={"tkn": KEY_A}).status_code for _ in range(2)] == [200, 200]
+        time.sleep(2.5)
+        r = c.post("/model/list", json={"tkn": KEY_A})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) in (3, 4)  # ~3.5 s left, not the window
 
 
 def _trainer_ready() -> bool:

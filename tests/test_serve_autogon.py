@@ -14,10 +14,12 @@ from PIL import Image, ImageDraw
 from reconciler.local.serve.auth import PERM_EDIT, PERM_VIEW, KeyInfo
 
 KEY_A, KEY_B, KEY_VIEW = "aug-key-a-1111", "aug-key-b-2222", "aug-key-view-3333"
+KEY_P1 = "aug-key-p1-4444"  # alice's, limited to project 1 (the first project a test creates)
 KEYS = {
     KEY_A: KeyInfo(owner="alice"),
     KEY_B: KeyInfo(owner="bob"),
     KEY_VIEW: KeyInfo(owner="alice", permissions=frozenset({PERM_VIEW, PERM_EDIT})),
+    KEY_P1: KeyInfo(owner="alice", project_ids=frozenset({"1"})),
 }
 LABEL = "/api/v1/label"
 
@@ -37,7 +39,7 @@ def scene(rng: random.Random, size: int = 96) -> tuple[bytes, dict]:
 
 @pytest.fixture
 def scenes(tmp_path: Path) -> tuple[Path, list[dict]]:
-    """12 scenes written as files: (directory, [{name, box}])."""
+    """12 scenes written as files: (directory, [{name, box}]); also big.png (800x400) and tiny.png (64x64)."""
     rng = random.Random(7)
     root = tmp_path / "scenes"
     root.mkdir()
@@ -46,6 +48,10 @@ def scenes(tmp_path: Path) -> tuple[Path, list[dict]]:
         data, box = scene(rng)
         (root / f"s{i:02d}.png").write_bytes(data)
         out.append({"name": f"s{i:02d}.png", "box": box})
+    for name, size in (("big.png", (800, 400)), ("tiny.png", (64, 64))):
+        buf = io.BytesIO()
+        Image.new("RGB", size, (200, 190, 180)).save(buf, "PNG")
+        (root / name).write_bytes(buf.getvalue())
     return root, out
 
 
@@ -95,22 +101,35 @@ def test_documented_image_requests(env):
     listed = r.json()["data"]
     assert [(x["image_id"], x["image_url"]) for x in listed] == [(a["image_id"], a["image_url"]) for a in added]
 
-    # the documented annotation shape, set on one image and read back field by field
-    image_id = added[0]["image_id"]
+    # the documented annotation body, exactly (no project_id), on an image big enough for its box;
+    # read back field by field
+    r = client.post(f"{LABEL}/image/", json={"images": [f"{files}/big.png"], "project_id": pid}, headers=h(KEY_A))
+    assert r.status_code == 201, r.text
+    image_id = r.json()["data"][0]["image_id"]
     doc = {"image_id": image_id, "annotations": [{"lbl": "object_class", "bbx": {"x": 452, "y": 134, "w": 241,
                                                                                      "h": 143}}]}
-    r = client.post(f"{LABEL}/annotation/", json={"project_id": pid, **doc}, headers=h(KEY_A))
+    r = client.post(f"{LABEL}/annotation/", json=doc, headers=h(KEY_A))
     assert r.status_code == 200, r.text
     r = client.get(f"{LABEL}/image/", params={"project_id": pid}, headers=h(KEY_A))
     entry = next(x for x in r.json()["data"] if x["image_id"] == image_id)
     assert {"image_id": entry["image_id"], "annotations": entry["annotations"]} == doc
+    # with project_id too (checked: the image must be in that project)
+    r = client.post(f"{LABEL}/annotation/", json={"project_id": pid, **doc}, headers=h(KEY_A))
+    assert r.status_code == 200, r.text
+    other = new_project(client, "other")
+    r = client.post(f"{LABEL}/annotation/", json={"project_id": other, **doc}, headers=h(KEY_A))
+    assert r.status_code == 404 and r.json()["status"] is False and f"not in project {other}" in r.json()["message"]
+    r = client.post(f"{LABEL}/annotation/", json=doc, headers=h(KEY_B))  # bob: no such image
+    assert r.status_code == 404 and r.json()["status"] is False
+    r = client.request("DELETE", f"{LABEL}/image/", json={"images": [image_id], "project_id": pid}, headers=h(KEY_A))
+    assert r.status_code == 200, r.text
 
     # DELETE /api/v1/label/image/ {images: [ids], project_id}
     gone = [added[1]["image_id"], added[2]["image_id"]]
     r = client.request("DELETE", f"{LABEL}/image/", json={"images": gone, "project_id": pid}, headers=h(KEY_A))
     assert r.status_code == 200, r.text
     r = client.get(f"{LABEL}/image", params={"project_id": pid}, headers=h(KEY_A))
-    assert [x["image_id"] for x in r.json()["data"]] == [image_id]
+    assert [x["image_id"] for x in r.json()["data"]] == [added[0]["image_id"]]
     # deleting again: the ids are not in the project any more
     r = client.request("DELETE", f"{LABEL}/image/", json={"images": gone, "project_id": pid}, headers=h(KEY_A))
     assert r.status_code == 404 and r.json()["status"] is False and str(gone[0]) in r.json()["message"]
@@ -261,3 +280,73 @@ def test_rate_limit_answers_429_in_autogon_shape(serve_thread):
         r = client.get(f"{LABEL}/project/", headers=h(KEY_A))
         assert codes == [200, 200, 200]
         assert r.status_code == 429 and r.json()["status"] is False and int(r.headers["Retry-After"]) >= 1
+
+
+def test_boxes_must_lie_on_the_image(env):
+    """Autogon's docs do not clip boxes: one with less than a pixel on the image (the boxes the trainer
+    would drop) is refused in Autogon's error shape and nothing is stored; one partly on it is kept as sent."""
+    server, files, _, client = env
+    pid = new_project(client)
+    tiny = f"{files}/tiny.png"  # 64 x 64
+    doc_box = {"x": 452, "y": 134, "w": 241, "h": 143}  # the README's box: far off a 64 x 64 image
+    body = {"project_id": pid, "images": [{"url": tiny, "annotations": [{"lbl": "object_class", "bbx": doc_box}]}]}
+    r = client.post(f"{LABEL}/image/", json=body, headers=h(KEY_A))
+    assert r.status_code == 400 and r.json() == {
+        "status": False,
+        "message": "images[0].annotations[0].bbx: the box (x=452, y=134, w=241, h=143) lies outside the 64x64 image",
+    }
+    assert client.get(f"{LABEL}/image", params={"project_id": pid}, headers=h(KEY_A)).json()["data"] == []
+
+    r = client.post(f"{LABEL}/image/", json={"project_id": pid, "images": [tiny]}, headers=h(KEY_A))
+    image_id = r.json()["data"][0]["image_id"]
+    for box in (doc_box, {"x": 63.5, "y": 0, "w": 10, "h": 10}, {"x": 10, "y": 64, "w": 5, "h": 5}):
+        r = client.post(f"{LABEL}/annotation/", json={"image_id": image_id, "annotations": [
+            {"lbl": "ok", "bbx": {"x": 1, "y": 1, "w": 5, "h": 5}}, {"lbl": "off", "bbx": box}]}, headers=h(KEY_A))
+        assert r.status_code == 400, (box, r.text)
+        assert r.json()["status"] is False and r.json()["message"].startswith("annotations[1].bbx: the box")
+    assert server.service.get_sample("alice", image_id).boxes == ()  # nothing stored
+
+    partly = {"x": 50, "y": 40, "w": 30, "h": 30}  # 14 x 24 pixels of it on the image: kept as sent
+    r = client.post(f"{LABEL}/annotation/", json={"image_id": image_id, "annotations": [
+        {"lbl": "edge", "bbx": partly}]}, headers=h(KEY_A))
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["annotations"] == [{"lbl": "edge", "bbx": partly}]
+
+
+def test_keys_limited_to_projects(env):
+    """A key limited to projects sees and uses only those, cannot create projects (its list is fixed),
+    and cannot retrain from a model saved in another project."""
+    server, files, items, client = env
+    p1 = new_project(client)
+    p2 = new_project(client, "not p1's")
+    assert p1 == 1  # KEY_P1 is limited to project 1
+    assert [p["id"] for p in client.get(f"{LABEL}/project/", headers=h(KEY_P1)).json()["data"]] == [p1]
+
+    r = client.post(f"{LABEL}/project/", json={"name": "new"}, headers=h(KEY_P1))
+    assert r.status_code == 403 and r.json()["status"] is False and "cannot create" in r.json()["message"]
+    assert [p["name"] for p in client.get(f"{LABEL}/project/", headers=h(KEY_A)).json()["data"]] == [
+        "boxes", "not p1's"]  # nothing was created
+
+    url = f"{files}/{items[0]['name']}"
+    for pid, want in ((p1, 201), (p2, 403)):
+        r = client.post(f"{LABEL}/image/", json={"images": [url], "project_id": pid}, headers=h(KEY_P1))
+        assert r.status_code == want, r.text
+    r = client.get(f"{LABEL}/image", params={"project_id": p2}, headers=h(KEY_P1))
+    assert r.status_code == 403 and r.json()["status"] is False
+    # an image of project 2, annotated without project_id: the image's project decides
+    r = client.post(f"{LABEL}/image/", json={"images": [url], "project_id": p2}, headers=h(KEY_A))
+    other_image = r.json()["data"][0]["image_id"]
+    r = client.post(f"{LABEL}/annotation/", json={"image_id": other_image, "annotations": []}, headers=h(KEY_P1))
+    assert r.status_code == 403 and r.json()["status"] is False
+
+    # a model saved in project 2 is not a base for project 1 through this key (it is through an unlimited one)
+    svc = server.service
+    images = [{"url": f"{files}/{it['name']}", "annotations": [{"lbl": "square", "bbx": it["box"]}]}
+              for it in items[:4]]
+    client.post(f"{LABEL}/image/", json={"project_id": p2, "images": images}, headers=h(KEY_A))
+    job = svc.start_training("alice", p2, config={"steps": 20}, save_name="saved-in-p2")
+    assert svc.wait_training("alice", job.id, timeout=120).state == "trained"
+    client.post(f"{LABEL}/image/", json={"project_id": p1, "images": images}, headers=h(KEY_A))
+    body = {"model_type": "small", "project_id": p1, "model_load_name": "saved-in-p2"}
+    r = client.post(f"{LABEL}/model/train/", json=body, headers=h(KEY_P1))
+    assert r.status_code == 403 and r.json()["status"] is False and "model_load_name" in r.json()["message"]

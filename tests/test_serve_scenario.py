@@ -4,11 +4,13 @@ training), the status lifecycle, config mapping, keys and permissions."""
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from reconciler.local.serve.auth import PERM_EDIT, PERM_VIEW, KeyInfo
 
@@ -140,7 +142,10 @@ def test_configure_maps_parameters(env):
     assert r.status_code == 200 and model(client, mid)["parameters"] == {"maxTrainSteps": 50, "learningRate": 0.2}
 
     bad = [
-        ({"nbEpochs": 3}, "config.nbEpochs: not supported"),
+        ({"nbEpochs": 0}, "config.nbEpochs: expected a whole number from 1 to 100000, got 0"),
+        ({"nbRepeats": "2"}, "config.nbRepeats: expected a whole number from 1 to 100000, got '2'"),
+        ({"nbEpochs": 1000, "nbRepeats": 1000}, "config: nbEpochs x nbRepeats is 1000000, over the trainer's limit"),
+        ({"batchSize": 0}, "config.batchSize: expected a positive integer or null, got 0"),
         ({"warmup": 3}, "config.warmup: unknown training parameter"),
         ({"maxTrainSteps": 0}, "config.maxTrainSteps: expected a positive integer, got 0"),
         ({"learningRate": "fast"}, "config.learningRate: expected a positive number, got 'fast'"),
@@ -203,13 +208,74 @@ def test_start_stop_and_status_lifecycle(env):
     assert version["parameters"] == {"maxTrainSteps": 60}  # configure replaces the whole config
 
 
-def test_failed_status(env):
-    _, files, client = env
+def test_every_seed_config_field_is_accepted_and_epochs_become_steps(env):
+    """learningRate, maxTrainSteps, nbEpochs, nbRepeats, batchSize (the seeds' config fields) are all
+    accepted with their types; nbEpochs x ceil(images x nbRepeats / batchSize) steps, at most maxTrainSteps."""
+    server, files, client = env
     mid = create(client)
-    tool(client, action="upload_images", model_id=mid, images=urls(files, "circle", 3))  # one class only
-    r = tool(client, action="start", model_id=mid)
+    config = {"learningRate": 0.05, "nbEpochs": 3, "nbRepeats": 2, "batchSize": 4}
+    r = tool(client, action="configure", model_id=mid, config=config)
+    assert r.status_code == 200 and r.json()["config"] == config
+    assert model(client, mid)["parameters"] == config  # stored as given
+    _two_classes(client, files, mid)  # 16 images
+    tool(client, action="start", model_id=mid)
+    m = _wait_status(client, mid, {"trained", "failed"})
+    assert m["status"] == "trained", m
+    (version,) = m["versions"]
+    # 3 epochs x ceil(16 images x 2 repeats / batches of 4) = 24 steps: what the run used
+    assert version["metrics"]["steps"] == 24 and version["metrics"]["config"]["batch_size"] == 4
+    assert version["parameters"] == {"learningRate": 0.05, "batchSize": 4, "maxTrainSteps": 24}
+    assert model(client, mid)["parameters"] == config
+
+    capped = {**config, "maxTrainSteps": 10}  # maxTrainSteps: the most a run takes
+    assert tool(client, action="configure", model_id=mid, config=capped).status_code == 200
+    tool(client, action="start", model_id=mid)
+    m = _wait_status(client, mid, {"trained", "failed"})
+    assert m["status"] == "trained" and m["versions"][0]["metrics"]["steps"] == 10
+    stored = server.service.get_model("alice", int(mid.removeprefix("model_"))).model.config
+    assert stored == {"learning_rate": 0.05, "batch_size": 4, "steps": 10, "nbEpochs": 3, "nbRepeats": 2}
+
+
+def test_documented_flow_trains_an_image_set_without_classes(env):
+    """upload_images -> configure -> start, exactly as documented (no classes): the images are one
+    set, and start trains a one-class model of it to status trained, with only measured metrics."""
+    server, files, client = env
+    mid = create(client)
+    r = tool(client, action="upload_images", model_id=mid, images=urls(files, "circle", 10))
+    assert r.status_code == 200 and (r.json()["status"], r.json()["count"]) == ("uploaded", 10)
+    r = tool(client, action="configure", model_id=mid, config={"steps": 1200})  # the documented example
+    assert r.status_code == 200, r.text
+    r = tool(client, action="configure", model_id=mid, config={"nbEpochs": 2, "nbRepeats": 3, "learningRate": 0.01})
+    assert r.status_code == 200, r.text
+    r = tool(client, action="start", model_id=mid)  # the documented example
+    assert r.status_code == 200 and r.json()["status"] == "training", r.text
+    m = _wait_status(client, mid, {"trained", "failed"})
+    assert m["status"] == "trained", m
+    metrics = m["versions"][0]["metrics"]
+    assert metrics["one_class"] is True and metrics["classes"] == ["default"] and metrics["steps"] == 0
+    assert metrics["num_train"] + metrics["num_holdout"] == 10 and metrics["num_holdout"] >= 1
+    assert 0.0 <= metrics["recall"] <= 1.0 and 0.0 <= metrics["mean_confidence"] <= 1.0
+    assert "accuracy" not in metrics  # nothing outside the set to measure it on
+    # the model scores how much an image looks like the set: its own images fully, a black image not at all
+    svc, model_id = server.service, int(mid.removeprefix("model_"))
+    own = svc.predict("alice", model_id, [(DATA / "circle" / f"circle-{i:02d}.png").read_bytes() for i in range(10)])
+    assert max(p["confidence"] for p in own) == 1.0 and all(p["label"] in ("default", None) for p in own)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, "PNG")
+    (black,) = svc.predict("alice", model_id, [buf.getvalue()])
+    assert black["label"] is None and black["confidence"] < 0.5
+
+    # one image is not a set; images given a single class (the className extension) are a classifier's data
+    one = create(client, "one")
+    tool(client, action="upload_images", model_id=one, images=urls(files, "circle", 1))
+    r = tool(client, action="start", model_id=one)
+    assert r.status_code == 400 and "at least 2" in r.json()["error"]
+    classed = create(client, "classed")
+    tool(client, action="upload_images", model_id=classed, images=urls(files, "circle", 3),
+         image_data={"className": "circle"})
+    r = tool(client, action="start", model_id=classed)
     assert r.status_code == 400 and "two classes" in r.json()["error"]
-    assert model(client, mid)["status"] == "new"
+    assert model(client, classed)["status"] == "new"
 
 
 def test_keys_and_permissions(env):

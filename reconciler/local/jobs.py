@@ -314,8 +314,10 @@ class JobManager:
         progress = _Progress(self, job_id)
         started = time.monotonic()
         try:
+            # One class is allowed here because start_training only starts such a run when its
+            # caller asked for it (LocalService.start_training's allow_one_class).
             result = train(samples, model_type=model_type, config=config, base_weights=weights_in,
-                           progress=progress)
+                           progress=progress, allow_one_class=not detection)
         except TrainingCanceled:
             self._fail("training", job_id, "canceled" if not self._closing.is_set() else "canceled: service closed",
                        state="canceled")

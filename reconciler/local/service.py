@@ -384,10 +384,14 @@ class LocalService:
         return self.blobs.collect_garbage(referenced, older_than=older_than)
 
     # ------------------------------------------------------------------------ training
-    def configure(self, owner: str, model_id: int, config: dict) -> None:
-        """Store a training config; the next start_training without ``config`` uses it."""
+    def configure(self, owner: str, model_id: int, config: dict, *, checked: bool = True) -> None:
+        """Store a training config; the next start_training without ``config`` uses it.
+
+        ``checked=False`` stores a front end's own parameters as given (a JSON object whose keys
+        need not be the trainer's); that front end then passes each run's config to start_training.
+        """
         owner = self._owner(owner)
-        clean = _checked_config(checks.config(config))
+        clean = _checked_config(checks.config(config)) if checked else checks.config(config)
         with self.db.write() as c:
             mid, _ = self._check_model(c, owner, model_id)
             c.execute("UPDATE models SET config = ? WHERE id = ?", (to_json(clean), mid))
@@ -402,11 +406,14 @@ class LocalService:
         base: str | None = None,
         save_name: str | None = None,
         config_digest: str | None = None,
+        allow_one_class: bool = False,
     ) -> TrainingJob:
         """Queue a training run of the model's current samples, in a thread of this process.
 
         ``base`` fine-tunes from a version of this model or a ``save_name`` of this owner;
         ``save_name`` names the new version for later use as a base (Autogon's model names).
+        ``allow_one_class``: a classification model whose samples are all in one class trains
+        a one-class model (see the trainer) instead of being refused.
         """
         owner = self._owner(owner)
         checks.model_type(model_type)
@@ -426,7 +433,7 @@ class LocalService:
                     stored = c.execute("SELECT config FROM models WHERE id = ?", (mid,)).fetchone()[0]
                     cfg = json.loads(stored) if stored else {}
                 _checked_config(cfg)
-                _check_trainable(c, mid, purpose)
+                _check_trainable(c, mid, purpose, min_classes=1 if allow_one_class else 2)
                 base_weights = self._resolve_base(c, owner, mid, base) if base else None
                 digest = config_digest or _config_digest(model_type, base, cfg)
                 job_id = c.execute(
@@ -721,7 +728,7 @@ class LocalService:
         return [SourceRecord(*r) for r in rows]
 
 
-def _check_trainable(c: sqlite3.Connection, model_id: int, purpose: str) -> None:
+def _check_trainable(c: sqlite3.Connection, model_id: int, purpose: str, *, min_classes: int = 2) -> None:
     if purpose == "detection":
         if not c.execute("SELECT 1 FROM samples WHERE model_id = ? AND boxes IS NOT NULL", (model_id,)).fetchone():
             raise StateError(f"model {model_id}: a detection model needs samples with boxes to train")
@@ -731,8 +738,9 @@ def _check_trainable(c: sqlite3.Connection, model_id: int, purpose: str) -> None
         "AND EXISTS (SELECT 1 FROM samples s WHERE s.class_id = c.id)",
         (model_id,),
     ).fetchone()[0]
-    if n < 2:
-        raise StateError(f"model {model_id}: training needs samples in at least two classes (has {n})")
+    if n < min_classes:
+        need = "two classes" if min_classes == 2 else "one class"
+        raise StateError(f"model {model_id}: training needs samples in at least {need} (has {n})")
 
 
 def _checked_config(config: dict) -> dict:

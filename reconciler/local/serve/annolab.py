@@ -9,7 +9,7 @@ sourceIds} with status Queued, Running, Finished or Errored. Running a model nee
 "Model Run" permission on the project. Errors are ``{"message": ...}`` with a non-2xx status
 (404 for a job that is missing or not the caller's).
 
-modelsync extensions (documented in WIRE.md), named like AnnoLab's SDK endpoints:
+modelsync extensions (documented in docs/WIRE.md), named like AnnoLab's SDK endpoints:
 ``POST /v1/project/create``, ``GET /v1/project/{id}``, ``GET /v1/project/{group}/{name}``,
 ``POST /v1/source/create-image`` (a source from an image URL, data: URI or base64),
 ``GET /v1/source/{id}``, ``GET /v1/models`` and ``GET /v1/layer/{layer_id}/annotations``
@@ -20,6 +20,9 @@ name ``modelVersion``.
 AnnoLab's projects and layers have integer ids the embedded service does not keep; this
 dialect keeps them (and each job's project, layer and source ids) in ``annolab.db`` next
 to the service's database.
+
+An API key limited to a list of projects (``projects`` in the keys file: ids or names)
+reaches those projects only, and creates only projects named in its list.
 """
 
 from __future__ import annotations
@@ -447,6 +450,11 @@ def router(ctx: ServeContext) -> APIRouter:
             raise ApiError(400, "projectName: must not be empty")
         if as_id(name) is not None:
             raise ApiError(400, f"projectName: must not be only digits (ids are), got {name!r}")
+        existing = registry.find_project(p.owner, name)
+        if not project_allowed(p, existing[0] if existing else -1, name):
+            # the key's project list is fixed when the server starts: a project outside it would be invisible
+            raise ApiError(403, f"projectName: this API key is limited to certain projects and {name!r} is not "
+                           "one of them", code="forbidden")
         pid, g, n, created = registry.create_project(p.owner, group, name)
         if not created and g != group:
             raise ApiError(409, f"projectName: a project named {name!r} already exists in group {g!r}")

@@ -32,26 +32,79 @@ log = logging.getLogger("modelsync.serve")
 DIALECT_MODULES = ("astica", "autogon", "annolab", "scenario")
 # base64 of a 20 MB image plus JSON around it.
 MAX_BODY_BYTES = 4 * MAX_FETCH_BYTES // 3 + 2**20
-_SECRET_FIELDS = {"tkn", "key", "api_key", "apikey", "authorization", "x-aug-key", "token"}
+# What a type error expects, by pydantic error type (the message names no input value).
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "none_required": "null",
+}
+# Union members pydantic adds to an error's location ("model_id.int"): not field names.
+_UNION_TAGS = {"int", "str", "float", "bool", "list", "dict", "none", "bytes", "nullable"}
+_LOCATIONS = ("body", "query", "header", "path", "cookie")
+
+
+def _field_name(loc: Any) -> str:
+    parts: list[str] = []
+    for x in loc:
+        if isinstance(x, int):
+            parts.append(f"[{x}]")
+            continue
+        x = str(x)
+        if x in _LOCATIONS and not parts:
+            continue
+        if x in _UNION_TAGS or "[" in x or x[:1].isupper():
+            continue  # a union member's tag (int, str, a model's class name, function-after[...])
+        parts.append(("." if parts else "") + x)
+    return "".join(parts) or "body"
 
 
 def validation_message(exc: RequestValidationError) -> str:
-    """FastAPI's list of errors -> one line naming the field and the value (never a key)."""
-    parts = []
-    for err in exc.errors()[:3]:
-        loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "query", "header", "path")]
-        name = ".".join(loc) or "body"
+    """FastAPI's list of errors -> one line naming each field and its problem.
+
+    Never the value sent: a request's values may hold a key (``tkn=...`` posted as a
+    form, a key pasted into the wrong field), and an answer or log line must not echo it.
+    """
+    problems: dict[str, list[dict[str, Any]]] = {}
+    for err in exc.errors():
+        name = _field_name(err.get("loc", ()))
         if err.get("type") == "json_invalid":
-            parts.append(f"body: invalid JSON ({err.get('ctx', {}).get('error', 'decode error')})")
-            continue
-        msg = str(err.get("msg", "invalid"))
-        value = err.get("input")
-        secret = any(x.lower() in _SECRET_FIELDS for x in loc)
-        if err.get("type") == "missing" or secret or isinstance(value, dict | list) or value is None:
-            parts.append(f"{name}: {msg}")
+            name = "body"
+        problems.setdefault(name, []).append(err)
+    parts = []
+    for name, errs in list(problems.items())[:3]:
+        kinds = [e.get("type") for e in errs]
+        if "json_invalid" in kinds:
+            reason = next(e for e in errs if e.get("type") == "json_invalid").get("ctx", {}).get("error")
+            # json's own messages ("Expecting ',' delimiter") quote no input
+            parts.append(f"body: invalid JSON ({reason})" if isinstance(reason, str) else "body: invalid JSON")
+        elif "missing" in kinds:
+            parts.append(f"{name}: required")
+        elif all(k in _EXPECTED for k in kinds):
+            expected = " or ".join(dict.fromkeys(_EXPECTED[k] for k in kinds))
+            if name == "body" and any(isinstance(e.get("input"), bytes) for e in errs):  # not sent as JSON
+                expected += " (send JSON with Content-Type: application/json)"
+            parts.append(f"{name}: expected {expected}")
         else:
-            shown = repr(value)
-            parts.append(f"{name}: {msg}, got {shown if len(shown) <= 60 else shown[:60] + '…'}")
+            # pydantic's own text names the constraint ("String should have at most 200 characters",
+            # "Input should be 'json' or 'markdown'"), not the input
+            msg, value = str(errs[0].get("msg", "invalid")), errs[0].get("input")
+            if isinstance(value, bytes):
+                value = value.decode("utf-8", "replace")
+            if isinstance(value, str) and len(value) >= 4 and value in msg:
+                msg = "invalid value"  # a message that would quote the input
+            parts.append(f"{name}: {msg}")
     return "; ".join(parts) or "invalid request"
 
 

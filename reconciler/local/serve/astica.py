@@ -12,6 +12,18 @@ and optional for clients:
   scope a ``sample_uid``;
 * /detect answers ``model_version``, ``scores`` (label -> 0..1) and, for detection
   models, ``boxes``.
+
+/model/sample_remove: astica documents ``sample_id`` (the sample) and ``sample_uid``, "used
+in place of sample_id: user provided id of this sample", with no model_id. So a uid names
+one sample: it is looked up in the key's models; if exactly one sample has it, that one is
+removed; if samples of several models have it, nothing is removed and the answer asks for
+``model_id`` (the extension above) instead of guessing or removing them all.
+
+API keys limited to a list of projects (``projects`` in the keys file): astica has no
+projects, and its unit of access is the model (a model is a dataset, as an Autogon project
+is), so the listed ids are model ids. Such a key lists and uses those models only, reaches
+samples and classes only through them, and cannot create models (its list is fixed when the
+server starts, so a new model would be invisible to it).
 """
 
 from __future__ import annotations
@@ -143,8 +155,16 @@ def router(ctx: ServeContext) -> APIRouter:
         p.require(permission)
         return p
 
-    def model_list(owner: str) -> dict[str, Any]:
-        models = sorted(svc.list_models(owner), key=lambda m: m.id)
+    def visible_models(p: Principal) -> list[Any]:
+        return sorted((m for m in svc.list_models(p.owner) if p.sees_project(m.id)), key=lambda m: m.id)
+
+    def model_id_of(p: Principal, value: Any) -> int:
+        model_id = parse_id(value, "model_id")
+        p.check_project(model_id, "model")
+        return model_id
+
+    def model_list(p: Principal) -> dict[str, Any]:
+        models = visible_models(p)
         return {
             "status": "OK",
             "astica": {"request": "dataset", "requestType": "list"},
@@ -154,6 +174,7 @@ def router(ctx: ServeContext) -> APIRouter:
     @r.post("/model/create", summary="Create a model / dataset")
     def create(body: CreateBody, request: Request) -> dict[str, Any]:
         p = auth(body, request, PERM_EDIT)
+        p.check_may_create_projects("model")
         title = body.dataset_title.strip()
         if not title:
             raise ApiError(400, "dataset_title: must not be empty")
@@ -165,14 +186,14 @@ def router(ctx: ServeContext) -> APIRouter:
     @r.post("/model/list", summary="List all models (the official samples' endpoint)")
     def list_models(body: ListBody, request: Request) -> Response:
         p = auth(body, request, PERM_VIEW)
-        return JSONResponse(model_list(p.owner))
+        return JSONResponse(model_list(p))
 
     @r.post("/model/view", summary="View one model's classes and samples; without model_id, list all models")
     def view(body: ViewBody, request: Request) -> Response:
         p = auth(body, request, PERM_VIEW)
         if body.model_id is None or body.model_id == "":
-            return JSONResponse(model_list(p.owner))
-        model_id = parse_id(body.model_id, "model_id")
+            return JSONResponse(model_list(p))
+        model_id = model_id_of(p, body.model_id)
         detail = svc.get_model(p.owner, model_id)
         dataset = dataset_entry(detail.model)
         dataset["training_error"] = None
@@ -198,7 +219,7 @@ def router(ctx: ServeContext) -> APIRouter:
     @r.post("/model/upload", summary="Add one training sample (class created if missing)")
     def upload(body: UploadBody, request: Request) -> dict[str, Any]:
         p = auth(body, request, PERM_EDIT)
-        model_id = parse_id(body.model_id, "model_id")
+        model_id = model_id_of(p, body.model_id)
         data = ctx.decode_input(body.input, "input")
         source_url = body.input.strip() if body.input.strip()[:8].lower().startswith(("http://", "https://")) else None
         uid = body.uid.strip() if body.uid and body.uid.strip() else None
@@ -208,7 +229,7 @@ def router(ctx: ServeContext) -> APIRouter:
     @r.post("/model/model_train", summary="Start a training round")
     def train(body: ModelIdBody, request: Request) -> dict[str, Any]:
         p = auth(body, request, PERM_TRAIN)
-        model_id = parse_id(body.model_id, "model_id")
+        model_id = model_id_of(p, body.model_id)
         detail = svc.get_model(p.owner, model_id)
         if sum(1 for c in detail.classes if c.samples) < 2:
             raise ApiError(400, "A model can be trained after adding at least two different classes")
@@ -217,34 +238,57 @@ def router(ctx: ServeContext) -> APIRouter:
 
     @r.post("/model/sample_remove", summary="Remove a sample by sample_id or sample_uid")
     def sample_remove(body: SampleRemoveBody, request: Request) -> dict[str, Any]:
+        from reconciler.local.errors import NotFoundError
+
         p = auth(body, request, PERM_EDIT)
         if body.sample_id not in (None, ""):
-            svc.delete_sample(p.owner, parse_id(body.sample_id, "sample_id"))
+            sample_id = parse_id(body.sample_id, "sample_id")
+            if p.project_scoped:
+                p.check_project(svc.get_sample(p.owner, sample_id).model_id, "model")
+            svc.delete_sample(p.owner, sample_id)
             return OK
         uid = (body.sample_uid or "").strip()
         if not uid:
             raise ApiError(400, "sample_id or sample_uid is required")
-        model_id = parse_id(body.model_id, "model_id") if body.model_id not in (None, "") else None
-        if not svc.delete_sample_by_uid(p.owner, uid, model_id):
+        if body.model_id not in (None, ""):
+            model_ids = [model_id_of(p, body.model_id)]
+        else:  # the uid names one sample: find which model holds it (see the module docstring)
+            model_ids = []
+            for m in visible_models(p):
+                try:
+                    svc.get_sample_by_uid(p.owner, m.id, uid)
+                except NotFoundError:
+                    continue
+                model_ids.append(m.id)
+            if len(model_ids) > 1:
+                ids = ", ".join(map(str, model_ids))
+                raise ApiError(409, f"sample_uid {uid!r}: samples of models {ids} have this uid; "
+                               "send model_id to say which one to remove", code="conflict")
+        if not model_ids or not svc.delete_sample_by_uid(p.owner, uid, model_ids[0]):
             raise ApiError(404, f"sample_uid {uid!r}: no such sample")
         return OK
 
     @r.post("/model/class_remove", summary="Remove a class and its samples")
     def class_remove(body: ClassRemoveBody, request: Request) -> dict[str, Any]:
         p = auth(body, request, PERM_EDIT)
-        svc.delete_class(p.owner, parse_id(body.class_id, "class_id"))
+        class_id = parse_id(body.class_id, "class_id")
+        if p.project_scoped and not any(
+            c.id == class_id for m in visible_models(p) for c in svc.get_model(p.owner, m.id).classes
+        ):
+            raise ApiError(404, f"class {class_id}: not found")
+        svc.delete_class(p.owner, class_id)
         return OK
 
     @r.post("/model/model_remove", summary="Remove a model with all its classes and samples")
     def model_remove(body: ModelIdBody, request: Request) -> dict[str, Any]:
         p = auth(body, request, PERM_EDIT)
-        svc.delete_model(p.owner, parse_id(body.model_id, "model_id"))
+        svc.delete_model(p.owner, model_id_of(p, body.model_id))
         return OK
 
     @r.post("/detect", summary="Run a trained model on one image")
     def detect(body: DetectBody, request: Request) -> dict[str, Any]:
         p = auth(body, request, PERM_RUN)
-        model_id = parse_id(body.model_id, "model_id")
+        model_id = model_id_of(p, body.model_id)
         version = (body.model_version or "").strip() or None
         data = ctx.decode_input(body.input, "input")
         resolved = svc.resolve_version(p.owner, model_id, version)

@@ -10,12 +10,28 @@ the model's metrics (training runs while the request waits); ``POST /api/v1/labe
 ``{status, annotations: {<image url>: [{lbl, conf, bbx}]}}``. A project is a model of the
 key's owner; a saved model is a trained version, named by model_save_name.
 
-modelsync extensions (documented in WIRE.md): project create/list/view/delete under
+modelsync extensions (documented in docs/WIRE.md): project create/list/view/delete under
 ``/api/v1/label/project/``; ``POST /api/v1/label/annotation/`` to set an image's boxes; an
 image may be given as ``{"url", "lbl", "annotations"}`` to attach its class and boxes; image
 entries carry ``image_url``, ``lbl`` (the image's class), ``digest`` and ``size``; image URLs
 may also be ``data:`` URIs. Answers use Autogon's envelope ``{"status": true, "message",
 "data"}``; errors are ``{"status": false, "message": ...}`` with the HTTP status.
+
+Annotations: the body is Autogon's documented ``{"image_id": 91, "annotations": [{"lbl",
+"bbx": {x, y, w, h}}]}``; ``project_id`` is optional there (an image id names its project;
+when given, the image must be in it).
+
+Boxes are pixels of the image (x, y its top-left corner). Autogon's documents say nothing
+about boxes beyond the image, so nothing is clipped or rewritten: a box is stored as sent
+when at least a pixel of it lies on the image, and refused (400) otherwise. That is the
+trainer's own rule (``trainer.detection.clip_box``): it cuts a box to the image and drops
+one with less than a pixel inside, so a refused box is one training would silently ignore.
+The image's size is read the way the trainer reads it (EXIF rotation applied).
+
+API keys limited to a list of projects (``projects`` in the keys file) see and use those
+projects only, and cannot create projects: the list is fixed when the server starts, so a
+new project would be one the key cannot see. A ``model_load_name`` must also name a model
+saved in one of the key's projects.
 """
 
 from __future__ import annotations
@@ -85,7 +101,7 @@ class DeleteImagesBody(BaseModel):
 
 class SetAnnotationsBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    project_id: Id
+    project_id: Id | None = Field(default=None, description="optional: the image's project (checked when given)")
     image_id: Id
     annotations: list[Annotation] = Field(max_length=1000)
 
@@ -194,6 +210,31 @@ def boxes_of(annotations: list[Annotation], where: str) -> tuple[dict[str, Any],
     return tuple(out)
 
 
+def image_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as the trainer sees the image (EXIF-rotated); None if it does not decode
+    (the service then refuses the image with its own message)."""
+    from reconciler.local.trainer.errors import InvalidImage
+    from reconciler.local.trainer.features import image_size
+
+    try:
+        return image_size(data)
+    except InvalidImage:
+        return None
+
+
+def check_boxes_on_image(boxes: tuple[dict[str, Any], ...], size: tuple[int, int] | None, where: str) -> None:
+    """400 for a box with less than a pixel on the image: the trainer would drop it (see the docstring)."""
+    from reconciler.local.trainer.detection import clip_box
+
+    if size is None:
+        return
+    width, height = size
+    for i, b in enumerate(boxes):
+        if clip_box((b["x"], b["y"], b["w"], b["h"]), width, height) is None:
+            shown = ", ".join(f"{k}={_num(b[k])}" for k in ("x", "y", "w", "h"))
+            raise ApiError(400, f"{where}[{i}].bbx: the box ({shown}) lies outside the {width}x{height} image")
+
+
 def _threshold(value: float | None, field: str) -> float | None:
     if value is not None and not 0.0 <= value <= 1.0:
         raise ApiError(400, f"{field}: must be between 0 and 1, got {value!r}")
@@ -242,10 +283,22 @@ def router(ctx: ServeContext) -> APIRouter:
         except NotFoundError:
             raise ApiError(404, f"{field}: project {pid} not found") from None
 
+    def project_record(p: Principal, project_id: Any, field: str = "project_id") -> Any:
+        """Like project_detail, without reading the project's images."""
+        from reconciler.local.errors import NotFoundError
+
+        pid = parse_id(project_id, field)
+        p.check_project(pid)
+        try:
+            return svc.get_model_record(p.owner, pid)
+        except NotFoundError:
+            raise ApiError(404, f"{field}: project {pid} not found") from None
+
     # -- projects (modelsync extension) ----------------------------------------------
     @route("POST", PREFIX + "/project/", status_code=201, summary="modelsync extension: create a project")
     def create_project(body: CreateProjectBody, request: Request, x_aug_key: str | None = Header(None)) -> Response:
         p = auth(x_aug_key, request, PERM_EDIT)
+        p.check_may_create_projects()
         name = body.name.strip()
         if not name:
             raise ApiError(400, "name: must not be empty")
@@ -305,6 +358,8 @@ def router(ctx: ServeContext) -> APIRouter:
             if lbl is None and entry.annotations:
                 lbl = entry.annotations[0].lbl.strip()
             data = ctx.decode_input(entry.url, where, allow_base64=False)
+            if boxes:
+                check_boxes_on_image(boxes, image_dimensions(data), where + ".annotations")
             url = entry.url.strip()
             source_url = url if url[:8].lower().startswith(("http://", "https://")) else None
             prepared.append((lbl or UNLABELED, data, boxes, source_url))
@@ -337,12 +392,26 @@ def router(ctx: ServeContext) -> APIRouter:
 
     @route("POST", PREFIX + "/annotation/", summary="modelsync extension: set an image's annotations (boxes)")
     def set_annotations(body: SetAnnotationsBody, request: Request, x_aug_key: str | None = Header(None)) -> Response:
+        from reconciler.local.errors import NotFoundError
+
         p = auth(x_aug_key, request, PERM_EDIT)
-        detail = project_detail(p, body.project_id)
+        pid = None
+        if body.project_id is not None and body.project_id != "":
+            pid = project_record(p, body.project_id).id
         image_id = parse_id(body.image_id, "image_id")
-        if not any(s.id == image_id for c in detail.classes for s in c.samples):
-            raise ApiError(404, f"image_id: image {image_id} is not in project {detail.model.id}")
-        rec = svc.update_sample(p.owner, image_id, boxes=boxes_of(body.annotations, "annotations"))
+        try:
+            sample = svc.get_sample(p.owner, image_id)
+        except NotFoundError:
+            sample = None
+        if pid is not None and (sample is None or sample.model_id != pid):
+            raise ApiError(404, f"image_id: image {image_id} is not in project {pid}")
+        if sample is None:
+            raise ApiError(404, f"image_id: image {image_id} not found")
+        p.check_project(sample.model_id)  # the project the image names
+        boxes = boxes_of(body.annotations, "annotations")
+        if boxes:
+            check_boxes_on_image(boxes, image_dimensions(svc.read_blob(sample.digest)), "annotations")
+        rec = svc.update_sample(p.owner, image_id, boxes=boxes)
         return ok("Annotations saved", image_entry(rec))
 
     # -- train and predict ----------------------------------------------------------
@@ -360,6 +429,8 @@ def router(ctx: ServeContext) -> APIRouter:
         base = (body.model_load_name or "").strip() or None
         if save_name is not None and _save_name_taken(p.owner, save_name):
             raise ApiError(409, f"model_save_name: a model named {save_name!r} already exists")
+        if base is not None and p.project_scoped:
+            _check_base_in_scope(p, pid, base)
         try:
             job = svc.start_training(p.owner, pid, model_type=model_type, base=base, save_name=save_name)
         except StateError as exc:
@@ -380,6 +451,20 @@ def router(ctx: ServeContext) -> APIRouter:
         v = svc.resolve_version(p.owner, pid, job.version)
         data = {"project_id": pid, **saved_model_entry(v)}
         return ok("Model trained", data, 201)
+
+    def _check_base_in_scope(p: Principal, pid: int, base: str) -> None:
+        """A project-limited key may fine-tune only from a model saved in one of its projects."""
+        from reconciler.local.errors import NotFoundError
+
+        if any(v.version == base for v in svc.list_versions(p.owner, pid)):
+            return  # a version of this project
+        try:
+            found = svc.find_version_by_save_name(p.owner, base)
+        except NotFoundError:
+            return  # the service answers "no such model" itself
+        if not p.sees_project(found.model_id):
+            raise ApiError(403, f"model_load_name: {base!r} was saved in a project this API key has no access to",
+                           code="forbidden")
 
     def _save_name_taken(owner: str, name: str) -> bool:
         from reconciler.local.errors import NotFoundError

@@ -102,10 +102,26 @@ class Principal:
         if team_id is not None and self.info.team_id is not None and str(team_id) != self.info.team_id:
             raise ApiError(403, f"team_id {team_id!r}: not a team of this API key", code="forbidden")
 
-    def check_project(self, project: str | int | None) -> None:
+    @property
+    def project_scoped(self) -> bool:
+        """True for a key limited to a list of projects (``projects`` in the keys file)."""
+        return self.info.project_ids is not None
+
+    def sees_project(self, project: str | int) -> bool:
         allowed = self.info.project_ids
-        if project is not None and allowed is not None and str(project) not in allowed:
-            raise ApiError(403, f"project {project!r}: this API key has no access to it", code="forbidden")
+        return allowed is None or str(project) in allowed
+
+    def check_project(self, project: str | int | None, what: str = "project") -> None:
+        if project is not None and not self.sees_project(project):
+            raise ApiError(403, f"{what} {project!r}: this API key has no access to it", code="forbidden")
+
+    def check_may_create_projects(self, what: str = "project") -> None:
+        """A key limited to a list of projects cannot add one: its list is fixed when the
+        server starts (auth.KeyInfo is frozen), so the new project would be invisible to it."""
+        if self.project_scoped:
+            raise ApiError(
+                403, f"this API key is limited to certain {what}s and cannot create a new {what}", code="forbidden"
+            )
 
 
 @dataclass
@@ -175,15 +191,16 @@ _ID_RE = re.compile(r"^\s*\d{1,18}\s*$")
 
 
 def parse_id(value: Any, field: str) -> int:
-    """Vendors send ids as ints or digit strings ('1495'); anything else is a one-line 400."""
-    if isinstance(value, bool):
-        raise ApiError(400, f"{field}: expected an id, got {value!r}", code="invalid")
-    if isinstance(value, int) and 0 <= value < 10**18:
+    """Vendors send ids as ints or digit strings ('1495'); anything else is a one-line 400.
+
+    The message names the field, not the value: a key pasted into an id field must not
+    come back in the answer.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**18:
         return value
     if isinstance(value, str) and _ID_RE.match(value):
         return int(value)
-    shown = value if not isinstance(value, str) or len(value) <= 40 else value[:40] + "…"
-    raise ApiError(400, f"{field}: expected an id, got {shown!r}", code="invalid")
+    raise ApiError(400, f"{field}: expected an id (a whole number such as 1495)", code="invalid")
 
 
 @contextmanager

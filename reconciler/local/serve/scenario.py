@@ -8,17 +8,45 @@ the same image twice refused (400 "already a training image of this model"), sta
 training model refused (400 "Model is already training"), model status one of new,
 training, trained, failed, training-canceled; stop cancels.
 
-The tool has no create/list/read, so modelsync adds (documented in WIRE.md):
+The tool has no create/list/read, so modelsync adds (documented in docs/WIRE.md):
 ``POST /scenario/models``, ``GET /scenario/models``, ``GET /scenario/models/{model_id}``,
 ``DELETE /scenario/models/{model_id}``. Model ids are ``model_<n>``, training image ids
 ``ti_<n>``. Auth: ``Authorization: Bearer <key>``. Errors: ``{"error": message}`` with the
 HTTP status.
+
+Training config (``configure``): every field Scenario's train tool is seen to take is
+accepted with its type: ``learningRate`` (number > 0), ``maxTrainSteps``, ``nbEpochs``,
+``nbRepeats``, ``batchSize`` (integers >= 1); the documented example's ``steps`` and the
+trainer's own names (steps, learning_rate, batch_size, l2, holdout, seed) pass too.
+learningRate, maxTrainSteps and batchSize are the trainer's learning_rate, steps and
+batch_size. nbEpochs and nbRepeats are stored as given and become steps when a run starts,
+when the number of training images is known: an epoch is one pass over the training images,
+each seen nbRepeats times, so a run takes nbEpochs x ceil(images x nbRepeats / batch) steps
+(batch: batchSize, or all the images at once when it is unset; nbEpochs and nbRepeats
+default to 1), at most maxTrainSteps when that is set too. The model's ``parameters`` show
+what was configured; each version's ``parameters`` what its run used.
+
+Training a set without classes (``start``): Scenario trains image generators (e.g. a LoRA
+on a set of captioned images), and its documented flow, upload_images -> configure -> start,
+gives no classes: those images go into one class, ``default``. The embedded trainer learns
+to tell classes apart and cannot train a generator, so refusing the flow would be honest
+but would break Scenario's own example, and training a classifier on one class would learn
+nothing. So when every training image is in ``default`` (and there are at least two), start
+trains a one-class model instead (reconciler.local.trainer: ``allow_one_class``): the set's
+profile in feature space, which scores how much an image looks like the set (a coarse
+look-alike score: it tells the set's look from other looks, not its content). It is fitted
+in closed form (``steps`` 0 in its metrics), and its metrics hold only what can be measured
+without images from outside the set: the share of held-out images of the set it accepts
+(``recall``) and their mean confidence, no accuracy. The status then moves new -> training
+-> trained as for any model. Images given classes through ``image_data.className`` (a
+modelsync extension) are a classifier's data: those need two classes, as before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import threading
 from datetime import UTC, datetime
@@ -49,10 +77,8 @@ PARAM_TO_TRAINER = {
     "seed": "seed",
 }
 TRAINER_TO_PARAM = {"learning_rate": "learningRate", "steps": "maxTrainSteps", "batch_size": "batchSize"}
-UNSUPPORTED_PARAMS = {
-    "nbEpochs": "set maxTrainSteps instead",
-    "nbRepeats": "set maxTrainSteps instead",
-}
+# Scenario's parameters the trainer has no key for: stored as given, turned into steps at start.
+RUN_PARAMS = ("nbEpochs", "nbRepeats")
 
 
 def error_response(err: ApiError) -> Response:
@@ -147,12 +173,14 @@ def parameters_view(config: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def trainer_config(raw: Any) -> dict[str, Any]:
-    """Scenario parameters (or the spec's names) -> the trainer's config; 400 naming the field.
+    """Scenario parameters (or the spec's names) -> the config to store; 400 naming the field.
 
-    Values are checked by the trainer's own rules now, so a bad one fails at configure
-    rather than later in a training run.
+    The trainer's keys come out under the trainer's names, nbEpochs/nbRepeats as given (see
+    the module docstring). Values are checked now (the trainer's own rules for its keys), so
+    a bad one fails at configure rather than later in a training run.
     """
     from reconciler.local.trainer import TrainingError, parse_config
+    from reconciler.local.trainer.config import MAX_STEPS
 
     if isinstance(raw, str):
         try:
@@ -163,12 +191,16 @@ def trainer_config(raw: Any) -> dict[str, Any]:
         raise ApiError(400, "config: required for configure (an object such as {\"maxTrainSteps\": 1200}; {} resets)")
     out: dict[str, Any] = {}
     given: dict[str, str] = {}  # trainer key -> the name the caller used
+    run: dict[str, int] = {}
     for key, value in raw.items():
-        if key in UNSUPPORTED_PARAMS:
-            raise ApiError(400, f"config.{key}: not supported by this server; {UNSUPPORTED_PARAMS[key]}")
+        if key in RUN_PARAMS:
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_STEPS:
+                raise ApiError(400, f"config.{key}: expected a whole number from 1 to {MAX_STEPS}, got {value!r}")
+            run[key] = value
+            continue
         target = PARAM_TO_TRAINER.get(key)
         if target is None:
-            known = ", ".join(sorted(PARAM_TO_TRAINER))
+            known = ", ".join(sorted({*PARAM_TO_TRAINER, *RUN_PARAMS}))
             raise ApiError(400, f"config.{key}: unknown training parameter (known: {known})")
         if target in out and out[target] != value:
             raise ApiError(400, f"config.{key}: conflicts with config.{given[target]}")
@@ -181,7 +213,34 @@ def trainer_config(raw: Any) -> dict[str, Any]:
         for target, key in given.items():
             text = text.replace(f"training.config.{target}:", f"config.{key}:")
         raise ApiError(400, text) from None
-    return out
+    passes = run.get("nbEpochs", 1) * run.get("nbRepeats", 1)
+    if passes > MAX_STEPS and "steps" not in out:  # at least a step a pass, whatever the number of images
+        raise ApiError(400, f"config: nbEpochs x nbRepeats is {passes}, over the trainer's limit of {MAX_STEPS} steps")
+    return {**out, **run}
+
+
+def run_config(stored: dict[str, Any] | None, num_images: int) -> dict[str, Any]:
+    """A model's stored config -> the trainer's config for a run on ``num_images`` images:
+    nbEpochs/nbRepeats become steps (see the module docstring). 400 when over the trainer's limit."""
+    from reconciler.local.trainer.config import MAX_STEPS
+
+    stored = dict(stored or {})
+    config = {k: v for k, v in stored.items() if k not in RUN_PARAMS}
+    if not any(k in stored for k in RUN_PARAMS) or num_images <= 0:
+        return config
+    epochs, repeats = int(stored.get("nbEpochs", 1)), int(stored.get("nbRepeats", 1))
+    batch = min(int(config.get("batch_size") or num_images), num_images)
+    steps = epochs * math.ceil(num_images * repeats / batch)
+    if "steps" in config:
+        steps = min(steps, int(config["steps"]))  # maxTrainSteps: the most a run takes
+    if steps > MAX_STEPS:
+        raise ApiError(
+            400,
+            f"config: nbEpochs {epochs} x nbRepeats {repeats} over {num_images} training images in batches of {batch} "
+            f"is {steps} steps, over the trainer's limit of {MAX_STEPS}; lower them or set maxTrainSteps",
+        )
+    config["steps"] = steps
+    return config
 
 
 def to_markdown(title: str, body: dict[str, Any]) -> str:
@@ -405,7 +464,8 @@ def router(ctx: ServeContext) -> APIRouter:
     def configure(p: Principal, model_id: int, args: TrainArgs) -> Response:
         config = trainer_config(args.config)
         detail_of(p, model_id)
-        svc.configure(p.owner, model_id, config)
+        # nbEpochs/nbRepeats are this dialect's to turn into steps at start: stored as given
+        svc.configure(p.owner, model_id, config, checked=not any(k in config for k in RUN_PARAMS))
         body = {"status": "configured", "model_id": model_ref(model_id), "config": parameters_view(config)}
         return answer(args, "Training configured", body)
 
@@ -413,10 +473,17 @@ def router(ctx: ServeContext) -> APIRouter:
         from reconciler.local.errors import ConflictError, StateError
 
         detail = detail_of(p, model_id)
-        if detail.model.num_samples == 0:
+        n = detail.model.num_samples
+        if n == 0:
             raise ApiError(400, f"model {model_ref(model_id)} has no training images; upload some first")
+        classes = [c.title for c in detail.classes if c.samples]
+        image_set = classes == [DEFAULT_CLASS] and detail.model.purpose != "detection"  # see the module docstring
+        if image_set and n < 2:
+            raise ApiError(400, f"model {model_ref(model_id)} has 1 training image; training on a set of images "
+                           "needs at least 2", code="state")
+        config = run_config(detail.model.config, n)
         try:
-            job = svc.start_training(p.owner, model_id)
+            job = svc.start_training(p.owner, model_id, config=config, allow_one_class=image_set)
         except ConflictError:
             raise ApiError(400, ALREADY_TRAINING, code="state") from None
         except StateError as exc:

@@ -91,6 +91,14 @@ def feature_dim(size: int) -> int:
     return size * size + half * half * 3 + 6 + HIST_BINS**3 + (cells - 1) ** 2 * 4 * HOG_BINS
 
 
+def feature_blocks(size: int) -> tuple[int, ...]:
+    """Lengths of the feature vector's parts, in order: grey pixels, pooled colour pixels,
+    colour mean/std, colour histogram, HOG. They sum to ``feature_dim(size)``."""
+    cells = size // HOG_CELL
+    half = size // 2
+    return (size * size, half * half * 3, 6, HIST_BINS**3, (cells - 1) ** 2 * 4 * HOG_BINS)
+
+
 def features(pixels: np.ndarray) -> np.ndarray:
     """(N, S, S, 3) uint8 pixels -> (N, D) float32 raw (unstandardised) features."""
     if pixels.ndim != 4 or pixels.shape[1] != pixels.shape[2] or pixels.shape[3] != 3:

@@ -13,6 +13,7 @@ from reconciler.local.trainer.weights import ModelWeights, load_weights
 
 DEFAULT_CONFIDENCE = 0.5
 DEFAULT_OVERLAP = 0.3
+ONE_CLASS_CONFIDENCE = 0.5  # a one-class model names its class from this confidence up, by default
 CHUNK = 2048  # windows scored per batch: bounds memory on large images
 
 
@@ -40,6 +41,20 @@ class Predictor:
         x = (features(pixels) - self.weights.mean) / self.weights.scale
         return softmax((x @ self._w + self._b).astype(np.float64))
 
+    def one_class_confidence(self, pixels: np.ndarray) -> np.ndarray:
+        """One-class models: (N, S, S, 3) uint8 -> (N,) how typical each image is of the set.
+
+        d is the distance of the image's features from the set's centre, scaled by the set's
+        spread. 1.0 up to the radius (the farthest training image), then exp(-(d - radius) / width):
+        0.5 at ln 2 widths beyond it, the width being how much the training images' own
+        distances vary.
+        """
+        assert self.weights.one_class is not None
+        radius, width = self.weights.one_class
+        x = (features(pixels) - self.weights.mean) / self.weights.scale
+        d = np.linalg.norm(x.astype(np.float64), axis=1)
+        return np.exp(-np.maximum(d - radius, 0.0) / width)
+
     def window_probabilities(self, patches: np.ndarray) -> np.ndarray:
         """Like probabilities, in chunks of CHUNK windows so memory stays bounded."""
         probs = np.zeros((len(patches), len(self.weights.classes)))
@@ -57,6 +72,8 @@ class Predictor:
         """One dict per image: label, confidence, scores per class, boxes (empty for classifiers).
 
         Classifiers: ``confidence_thresh`` (when given) turns a top class below it into label None.
+        One-class models: confidence is ``one_class_confidence``; the label is the class from
+        ``confidence_thresh`` (default ONE_CLASS_CONFIDENCE) up, else None.
         Detectors: boxes scoring below ``confidence_thresh`` (default 0.5) are dropped and boxes
         overlapping a better one by IoU above ``overlap_thresh`` (default 0.3) are suppressed;
         the image's label/confidence are those of its best box (None/0.0 without boxes).
@@ -72,6 +89,14 @@ class Predictor:
             return []
         size = self.weights.size
         pixels = np.stack([_pixels(data, i, size) for i, data in enumerate(images)])
+        if self.weights.one_class is not None:
+            (name,) = self.classes
+            cut = ONE_CLASS_CONFIDENCE if conf is None else conf
+            return [
+                {"label": name if c >= cut else None, "confidence": round(float(c), 6),
+                 "scores": {name: round(float(c), 6)}, "boxes": []}
+                for c in self.one_class_confidence(pixels)
+            ]
         probs = self.probabilities(pixels)
         out = []
         for row in probs:

@@ -4,6 +4,20 @@ Classification when no sample has boxes, detection otherwise. Both paths: canoni
 sample order, hash-based hold-out, features standardised on the training split (or
 taken from the base model when fine-tuning), softmax by momentum gradient descent,
 evaluation of the stored weights through the same Predictor that serves them.
+
+One-class models (only with ``allow_one_class``, for a set of images with no classes,
+such as Scenario's training sets): there is nothing to tell apart, so no softmax is fitted.
+The model is the set's profile in feature space: the centre of its training images'
+features and, for each part of the features (pixels, colours, colour histogram, shapes),
+their spread around it; distances are taken with every part weighing the same. It keeps
+the farthest training image's distance (the radius) and how much those distances vary (the
+width), and scores how typical an image is of the set (Predictor.one_class_confidence):
+images of the set's look score high, images of another look (other backgrounds, palettes,
+textures) low. It is a coarse look-alike score, not a model of the set's content: with a
+handful of images it is also strict with new images of the set, which ``recall`` shows.
+Its metrics say what was measured: the share of held-out images of the set it accepts
+(``recall``) and their mean confidence; there is no accuracy, which would need images from
+outside the set.
 """
 
 from __future__ import annotations
@@ -31,8 +45,16 @@ from reconciler.local.trainer.detection import (
     scan_windows,
 )
 from reconciler.local.trainer.errors import InvalidImage, InvalidWeights, TrainingCanceled, TrainingError
-from reconciler.local.trainer.features import RESOLUTION, Standardizer, decode_image, features, image_pixels, image_size
-from reconciler.local.trainer.predictor import DEFAULT_CONFIDENCE, DEFAULT_OVERLAP, Predictor
+from reconciler.local.trainer.features import (
+    RESOLUTION,
+    Standardizer,
+    decode_image,
+    feature_blocks,
+    features,
+    image_pixels,
+    image_size,
+)
+from reconciler.local.trainer.predictor import DEFAULT_CONFIDENCE, DEFAULT_OVERLAP, ONE_CLASS_CONFIDENCE, Predictor
 from reconciler.local.trainer.weights import ModelWeights, dump_weights, load_weights
 
 NEG_BASE = 12  # background windows per training image, plus NEG_PER_BOX per box in it
@@ -42,6 +64,8 @@ MINED_BASE = 8  # at most this many hard negatives per training image, plus MINE
 MINED_PER_BOX = 4
 MINE_IOU = 0.5
 FEATURE_SHARE = 0.1  # share of the progress bar spent decoding and computing features
+SPREAD_FLOOR = 1e-6  # one-class models: the spread of a set of (nearly) identical images
+WIDTH_FLOOR = 0.1  # one-class models: the width is at least this share of the radius
 
 
 class _Progress:
@@ -63,6 +87,7 @@ def train(
     base_weights: bytes | None = None,
     progress: Callable[[float], bool] | None = None,
     seed: int = 0,
+    allow_one_class: bool = False,
 ) -> TrainResult:
     """Train a classifier, or a detector when any sample has boxes.
 
@@ -72,6 +97,8 @@ def train(
     zero, base classes absent from ``samples`` are dropped, and the base's feature
     standardisation is kept (so the model_type must match). ``progress(fraction)`` is called
     every few steps; returning False (not None) stops the run with TrainingCanceled.
+    ``allow_one_class``: samples of a single class (no boxes) give a one-class model (see the
+    module docstring) instead of a TrainingError.
     Raises TrainingError for bad config/model_type/base, too few classes, or no usable box;
     InvalidImage for a sample that is not an image.
     """
@@ -85,7 +112,7 @@ def train(
     if any(it.boxes for it in items):
         weights, metrics = _train_detector(items, model_type, cfg, base, report)
     else:
-        weights, metrics = _train_classifier(items, model_type, cfg, base, report)
+        weights, metrics = _train_classifier(items, model_type, cfg, base, report, allow_one_class)
     metrics["train_seconds"] = round(time.perf_counter() - started, 4)
     report(1.0)
     return TrainResult(weights=dump_weights(weights), metrics=metrics, detection=weights.detection is not None)
@@ -142,9 +169,14 @@ def _pixels(items: list[Item], size: int, report: _Progress, start: float, share
 
 
 def _train_classifier(
-    items: list[Item], model_type: str, cfg: TrainConfig, base: ModelWeights | None, report: _Progress
+    items: list[Item], model_type: str, cfg: TrainConfig, base: ModelWeights | None, report: _Progress,
+    allow_one_class: bool = False,
 ) -> tuple[ModelWeights, dict]:
     classes = sorted({it.label for it in items})
+    if len(classes) == 1 and allow_one_class:
+        return _train_one_class(items, model_type, cfg, base, report)
+    if base is not None and base.one_class is not None:
+        raise TrainingError("training.base: the base model is a one-class model; train this one without a base")
     if len(classes) < 2:
         raise TrainingError(f"training needs at least 2 classes with samples, got {len(classes)}: {classes}")
     if base is not None and base.detection is not None:
@@ -174,6 +206,59 @@ def _train_classifier(
         final_loss=round(fit.final_loss, 6), model_type=model_type, detection=False, classes=classes,
         fine_tuned=base is not None, config=_config_record(cfg, len(classes)),
     )
+    return weights, metrics
+
+
+def _train_one_class(
+    items: list[Item], model_type: str, cfg: TrainConfig, base: ModelWeights | None, report: _Progress
+) -> tuple[ModelWeights, dict]:
+    """The set's profile (centre, spread, radius, width); evaluated on held-out images of the set."""
+    if base is not None:
+        raise TrainingError("training.base: a one-class model (one class, no boxes) is trained without a base")
+    if len(items) < 2:
+        raise TrainingError(f"training a one-class model needs at least 2 different images, got {len(items)}")
+    label = items[0].label
+    # a held-out image needs two left to measure a spread with
+    train_items, hold_items = split_holdout(items, cfg.holdout if len(items) >= 3 else 0.0, group=lambda it: label)
+    size = RESOLUTION[model_type]
+    pixels = _pixels(train_items + hold_items, size, report, 0.0, 0.9)
+    train_px, hold_px = pixels[: len(train_items)], pixels[len(train_items) :]
+    raw = features(train_px).astype(np.float64)
+    centre = raw.mean(axis=0)
+    blocks = feature_blocks(size)
+    scale = np.empty(raw.shape[1])
+    start = 0
+    for n in blocks:  # each part's root-mean-square distance from the centre, so every part weighs the same
+        part = np.linalg.norm(raw[:, start : start + n] - centre[start : start + n], axis=1)
+        scale[start : start + n] = max(float(np.sqrt(np.mean(part * part))), SPREAD_FLOOR) * math.sqrt(len(blocks))
+        start += n
+    scale = scale.astype(np.float32)
+    dist = np.linalg.norm((raw - centre) / scale, axis=1)
+    radius = float(dist.max())
+    width = max(float(np.std(dist)), WIDTH_FLOOR * radius, SPREAD_FLOOR)
+    dim = raw.shape[1]
+    weights = ModelWeights(model_type, (label,), centre.astype(np.float32), scale,
+                           np.zeros((dim, 1), dtype=np.float32), np.zeros(1, dtype=np.float32), None,
+                           (radius, width))
+    metrics: dict[str, Any] = {
+        "one_class": True,
+        "num_train": len(train_items),
+        "num_holdout": len(hold_items),
+        "holdout": bool(hold_items),
+        "steps": 0,  # fitted in closed form: no gradient step is taken
+        "model_type": model_type,
+        "detection": False,
+        "classes": [label],
+        "fine_tuned": False,
+        "radius": round(radius, 6),
+        "width": round(width, 6),
+        "config": _config_record(cfg, 1),
+    }
+    if hold_items:
+        confidence = Predictor(weights).one_class_confidence(hold_px)
+        metrics["recall"] = round(float(np.mean(confidence >= ONE_CLASS_CONFIDENCE)), 6)
+        metrics["mean_confidence"] = round(float(np.mean(confidence)), 6)
+    report(0.95)
     return weights, metrics
 
 

@@ -3,6 +3,8 @@
 The archive holds everything prediction needs, so a version's weights blob is
 self-contained: format and feature versions, model type, class names, the feature
 standardisation, the softmax parameters and, for detectors, the scanning geometry.
+A one-class model (see train.py) adds ``one_class`` (its radius and width); other models'
+archives are unchanged.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class ModelWeights:
-    """A trained model. For detectors ``classes`` ends with BACKGROUND."""
+    """A trained model. For detectors ``classes`` ends with BACKGROUND.
+
+    ``one_class`` is set for a one-class model only: ``mean``/``scale`` are then the set's
+    centre and spread (see train.py), and ``one_class`` is (radius, width): the farthest
+    training image's distance from the centre and the standard deviation of those distances.
+    """
 
     model_type: str
     classes: tuple[str, ...]
@@ -32,6 +39,7 @@ class ModelWeights:
     w: np.ndarray  # (D, K) float32
     b: np.ndarray  # (K,) float32
     detection: DetectionParams | None = None
+    one_class: tuple[float, float] | None = None
 
     @property
     def size(self) -> int:
@@ -60,6 +68,8 @@ def dump_weights(m: ModelWeights) -> bytes:
         arrays["det_sizes"] = np.asarray(m.detection.sizes, dtype=np.float64)
         arrays["det_aspects"] = np.asarray(m.detection.aspects, dtype=np.float64)
         arrays["det_stride"] = np.array(m.detection.stride, dtype=np.int64)
+    if m.one_class is not None:
+        arrays["one_class"] = np.asarray(m.one_class, dtype=np.float64)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
@@ -99,4 +109,10 @@ def load_weights(data: bytes) -> ModelWeights:
             )
         except KeyError as exc:
             raise InvalidWeights(f"weights: detector without {exc.args[0]}") from None
-    return ModelWeights(model_type, classes, arrays["mean"], arrays["scale"], w, b, detection)
+    one_class = None
+    if "one_class" in arrays:
+        values = arrays["one_class"]
+        if detection is not None or k != 1 or values.shape != (2,) or not (values[0] >= 0 and values[1] > 0):
+            raise InvalidWeights("weights: a one-class model needs one class, no detector, a radius and a width")
+        one_class = (float(values[0]), float(values[1]))
+    return ModelWeights(model_type, classes, arrays["mean"], arrays["scale"], w, b, detection, one_class)
