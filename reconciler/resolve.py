@@ -14,11 +14,12 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from reconciler.fetch import FetchError, UrlCache
-from reconciler.hashing import FileStat, HashCache, StatLike
+from reconciler.hashing import Hasher, StatColumns
 from reconciler.model import Box, DesiredModel, DesiredSample, TrainingSettings, derived_uid
 from reconciler.sources import SourceError, SourceItem, expand
 
@@ -46,6 +47,28 @@ class Resolved:
         return out
 
 
+class _Items(NamedTuple):
+    """The items a source expanded to, column-wise: SourceItem's fields in its order, one list
+    each. Made by one transpose in C (``zip(*items)``): at 100k items, 4x faster than a
+    comprehension per field (measured), and the stat columns go to the hash cache as they are."""
+
+    display: list[str]
+    path: list[str | None]
+    url: list[str | None]
+    size: list[int]  # -1: not stat-ed by the expansion (URLs, single files, globs) or not stat-able
+    mtime_ns: list[int]
+    inode: list[int]
+
+    @classmethod
+    def of(cls, items: list[SourceItem]) -> _Items:
+        if not items:
+            return cls([], [], [], [], [], [])
+        return cls._make(list(column) for column in zip(*items, strict=True))
+
+
+assert _Items._fields == SourceItem._fields  # the transpose above relies on it
+
+
 @dataclass(slots=True)
 class _Entry:
     """One spec entry (a source string or mapping) and the items it expanded to.
@@ -60,13 +83,12 @@ class _Entry:
     uid: str | None
     caption: str | None
     boxes: tuple[Box, ...]
-    items: list[SourceItem]
+    items: _Items
     digests: list[str | None] = field(default_factory=list)  # parallel to items; None: unresolved
-    sizes: list[int] = field(default_factory=list)
 
     @property
     def is_url(self) -> bool:
-        return bool(self.items) and self.items[0].url is not None
+        return bool(self.items.url) and self.items.url[0] is not None
 
 
 def resolve(spec: Any, workdir: Path, *, targets: Iterable[str] = (), progress=None) -> Resolved:
@@ -94,22 +116,30 @@ def _resolve(spec: Any, workdir: Path, wanted: set[str], progress) -> Resolved:
 
     base_dir = spec.base_dir
     diagnostics = []
+    unreadable: list = []  # files that cannot be stat-ed: reported once every source expands
     entries: list[_Entry] = []
-    for key, model in spec.models.items():
-        if wanted and key not in wanted:
-            continue
-        for class_name, class_spec in model.classes.items():
-            for index, entry in enumerate(class_spec.samples):
-                spec_path: SpecPath = ("models", key, "classes", class_name, "samples", index)
-                try:
-                    entries.append(_expand_entry(key, class_name, entry, spec_path, base_dir))
-                except SourceError as exc:
-                    diagnostics.append(spec.diagnostic(spec_path, str(exc)))
-    if diagnostics:
-        raise SpecError(diagnostics)
-
     cache_dir = workdir / ".modelsync" / "cache"
-    _hash_files([e for e in entries if not e.is_url], cache_dir, spec, diagnostics, progress)
+    # Each local source's files start hashing (on worker processes) as soon as it is expanded,
+    # while the next one is walked: a first plan keeps both cores busy.
+    with Hasher(cache_dir / "hashes.json") as hasher:
+        for key, model in spec.models.items():
+            if wanted and key not in wanted:
+                continue
+            for class_name, class_spec in model.classes.items():
+                for index, entry in enumerate(class_spec.samples):
+                    spec_path: SpecPath = ("models", key, "classes", class_name, "samples", index)
+                    try:
+                        e = _expand_entry(key, class_name, entry, spec_path, base_dir)
+                    except SourceError as exc:
+                        diagnostics.append(spec.diagnostic(spec_path, str(exc)))
+                        continue
+                    entries.append(e)
+                    if not e.is_url and not diagnostics:
+                        _start_hashing(e, hasher, spec, unreadable)
+        if diagnostics:
+            raise SpecError(diagnostics)
+        diagnostics.extend(unreadable)
+        _finish_hashing([e for e in entries if not e.is_url], hasher, spec, diagnostics, progress)
     _fetch_urls([e for e in entries if e.is_url], cache_dir, spec, diagnostics)
     if diagnostics:
         raise SpecError(diagnostics)
@@ -146,54 +176,59 @@ def _resolve(spec: Any, workdir: Path, wanted: set[str], progress) -> Resolved:
 
 
 def _expand_entry(key: str, class_name: str, entry: Any, spec_path: SpecPath, base_dir: Path) -> _Entry:
+    items, boxes = _expand_source(class_name, entry, base_dir)
     if isinstance(entry, str):
-        return _Entry(key, class_name, spec_path, None, None, (), expand(entry, base_dir))
+        return _Entry(key, class_name, spec_path, None, None, boxes, _Items.of(items))
+    return _Entry(key, class_name, spec_path, entry.uid, entry.caption, boxes, _Items.of(items))
+
+
+def _expand_source(class_name: str, entry: Any, base_dir: Path) -> tuple[list[SourceItem], tuple[Box, ...]]:
+    """The items one spec entry (a source string or mapping) names, and its boxes; SourceError
+    if it names nothing usable."""
+    if isinstance(entry, str):
+        return expand(entry, base_dir), ()
     text = entry.path if entry.path is not None else entry.url
     items = expand(text, base_dir, single=entry.uid is not None)
     boxes = tuple(Box(b.label or class_name, b.x, b.y, b.w, b.h) for b in entry.boxes)
     if boxes and len(items) > 1:
         raise SourceError(f"boxes belong to one image, but {text} names {len(items)} files")
-    return _Entry(key, class_name, spec_path, entry.uid, entry.caption, boxes, items)
+    return items, boxes
 
 
 # A progress line at most this often while hashing.
 PROGRESS_EVERY_SECONDS = 2.0
 
 
-def _hash_files(entries: list[_Entry], cache_dir: Path, spec: Any, diagnostics: list, progress) -> None:
-    if not entries:
-        return
-    cache = HashCache(cache_dir / "hashes.json")
-    stats: list[StatLike] = []
-    for e in entries:
-        if all(it.size >= 0 for it in e.items):  # a directory walk stat-ed them already
-            stats.extend(e.items)  # type: ignore[arg-type]
-            continue
-        for it in e.items:
-            if it.size >= 0:
-                stats.append(it)  # type: ignore[arg-type]
-                continue
-            try:
-                st = os.stat(it.path)  # type: ignore[arg-type]
-            except OSError as exc:
-                diagnostics.append(spec.diagnostic(e.spec_path, f"cannot read {it.display}: {exc.strerror}"))
-                stats.append(FileStat(it.path, -1, 0, 0))  # type: ignore[arg-type]
-                continue
-            stats.append(FileStat(it.path, st.st_size, st.st_mtime_ns, st.st_ino))  # type: ignore[arg-type]
+def _start_hashing(e: _Entry, hasher: Hasher, spec: Any, unreadable: list) -> None:
+    """Hand a local entry's files to ``hasher``, stat-ing those the expansion did not."""
+    items = e.items
+    if -1 in items.size:  # not all stat-ed by a directory walk
+        _stat_items(e, spec, unreadable)
+    hasher.add(StatColumns(items.path, items.size, items.mtime_ns, items.inode))  # type: ignore[arg-type]
+
+
+def _finish_hashing(entries: list[_Entry], hasher: Hasher, spec: Any, diagnostics: list, progress) -> None:
+    """Wait for the digests of ``entries`` (each added to ``hasher`` in this order)."""
     on_progress = _throttled_progress(progress) if progress is not None else None
-    results = cache.digests(stats, on_progress=on_progress)
-    pos = 0
-    for e in entries:
-        n = len(e.items)
-        digests = results[pos : pos + n]
-        e.sizes = [st.size for st in stats[pos : pos + n]]
-        pos += n
-        for i, d in enumerate(digests):
-            if isinstance(d, OSError):
-                diagnostics.append(spec.diagnostic(e.spec_path, f"cannot read {e.items[i].display}: {d.strerror}"))
-                digests[i] = None
-        e.digests = digests  # type: ignore[assignment]
-    cache.save()
+    for e, (digests, errors) in zip(entries, hasher.finish(on_progress), strict=True):
+        e.digests = digests
+        for i, exc in sorted(errors.items()):
+            diagnostics.append(spec.diagnostic(e.spec_path, f"cannot read {e.items.display[i]}: {exc.strerror}"))
+
+
+def _stat_items(e: _Entry, spec: Any, diagnostics: list) -> None:
+    """Fill in the stat of the items the expansion did not stat (single files, globs); one that
+    cannot be stat-ed is reported and keeps size -1."""
+    items = e.items
+    for i, size in enumerate(items.size):
+        if size >= 0:
+            continue
+        try:
+            st = os.stat(items.path[i])  # type: ignore[arg-type]
+        except OSError as exc:
+            diagnostics.append(spec.diagnostic(e.spec_path, f"cannot read {items.display[i]}: {exc.strerror}"))
+            continue
+        items.size[i], items.mtime_ns[i], items.inode[i] = st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _throttled_progress(progress):
@@ -215,7 +250,7 @@ def _fetch_urls(entries: list[_Entry], cache_dir: Path, spec: Any, diagnostics: 
     if not entries:
         return
     cache = UrlCache(cache_dir / "urls")
-    urls = sorted({it.url for e in entries for it in e.items})  # type: ignore[misc]
+    urls = sorted({url for e in entries for url in e.items.url})  # type: ignore[misc]
     results: dict[str, tuple[str, int] | str] = {}
 
     def fetch(url: str) -> None:
@@ -228,16 +263,15 @@ def _fetch_urls(entries: list[_Entry], cache_dir: Path, spec: Any, diagnostics: 
         list(pool.map(fetch, urls))
     cache.save()
     for e in entries:
-        e.digests, e.sizes = [], []
-        for it in e.items:
-            got = results[it.url]  # type: ignore[index]
+        e.digests = []
+        for i, url in enumerate(e.items.url):
+            got = results[url]  # type: ignore[index]
             if isinstance(got, str):
                 diagnostics.append(spec.diagnostic(e.spec_path, f"cannot fetch {got}"))
                 e.digests.append(None)
-                e.sizes.append(-1)
             else:
                 e.digests.append(got[0])
-                e.sizes.append(got[1])
+                e.items.size[i] = got[1]
 
 
 def _assemble(
@@ -246,16 +280,39 @@ def _assemble(
     """Build the uid -> sample map, catching the same image declared in two classes.
     Also returns the sources that are not a sample's own (see Resolved.extra_sources).
 
-    The loop runs once per sample (100k in the benchmarks): no per-sample helper objects.
+    The common entry (files without a uid of their own, all resolved, none seen before)
+    is built in one go, in C loops (map); the rest one sample at a time.
     """
     samples: dict[str, DesiredSample] = {}
     extra: dict[str, tuple[str, int]] = {}
     for e in entries:
         class_name, user_uid, caption, boxes = e.class_name, e.uid, e.caption, e.boxes
-        for it, digest, size in zip(e.items, e.digests, e.sizes, strict=True):
+        items, digests = e.items, e.digests
+        if user_uid is None and None not in digests:
+            uids = list(map(derived_uid, digests))
+            built = map(
+                DesiredSample,
+                uids,
+                repeat(class_name),
+                digests,
+                items.size,
+                items.display,
+                items.path,
+                items.url,
+                repeat(caption),
+                repeat(boxes),
+                repeat(False),  # user_uid
+            )
+            fresh = dict(zip(uids, built, strict=True))
+            if len(fresh) == len(uids) and fresh.keys().isdisjoint(samples):
+                samples.update(fresh)
+                continue
+            # else a uid met twice (the same image, or a uid clash): sorted out one by one below
+        for display, path, url, digest, size in zip(
+            items.display, items.path, items.url, digests, items.size, strict=True
+        ):
             if digest is None:
                 continue  # already reported
-            display = it.display
             uid = user_uid or derived_uid(digest)
             prior = samples.get(uid)
             if prior is not None:
@@ -273,7 +330,7 @@ def _assemble(
                 diagnostics.append(spec.diagnostic(e.spec_path, msg))
                 continue
             samples[uid] = DesiredSample(
-                uid, class_name, digest, size, display, it.path, it.url, caption, boxes, user_uid is not None
+                uid, class_name, digest, size, display, path, url, caption, boxes, user_uid is not None
             )
     return samples, extra
 
@@ -289,7 +346,7 @@ def source_diagnostics(spec: Any, targets: Iterable[str] = ()) -> list:
             for index, entry in enumerate(class_spec.samples):
                 spec_path: SpecPath = ("models", key, "classes", class_name, "samples", index)
                 try:
-                    _expand_entry(key, class_name, entry, spec_path, spec.base_dir)
+                    _expand_source(class_name, entry, spec.base_dir)
                 except SourceError as exc:
                     diagnostics.append(spec.diagnostic(spec_path, str(exc)))
     return diagnostics
