@@ -543,11 +543,22 @@ def build_plan(
         model = desired[key]
         remote = remotes.get(key)
         read[key] = remote
+        manages_models = caps.CAP_MODELS in capabilities[model.provider]
         if destroy:
-            if remote is not None:
+            if remote is not None and not manages_models:
+                plan.warnings.append(
+                    f"{key}: provider type '{model.provider_type}' cannot delete models; left as it is"
+                )
+            elif remote is not None:
                 plan.operations.append(_delete_model(model.key, model.provider, remote, "destroy requested"))
                 if model.prevent_destroy:
                     plan.errors.append(f"{key}: lifecycle.prevent_destroy is set; refusing to delete the model")
+            continue
+        if remote is None and not manages_models:
+            plan.errors.append(
+                f"{key}: no model titled {model.title!r} on provider '{model.provider}', and provider type "
+                f"'{model.provider_type}' cannot create models: create it in the vendor's own tools first"
+            )
             continue
         mstate = state.models.get(key)
         ops, warns, unmanaged, mass = plan_model(model, remote, mstate, capabilities[model.provider])

@@ -25,12 +25,15 @@ from reconciler.providers.base import (
     CAP_CLASSES,
     CAP_DELETE_CLASS,
     CAP_DELETE_SAMPLE,
+    CAP_MODELS,
     CAP_TRAIN,
     CAP_UPLOAD_BYTES,
 )
 from reconciler.state import ModelState, State
 
-CAPS = frozenset({CAP_CLASSES, CAP_DELETE_CLASS, CAP_UPLOAD_BYTES, CAP_DELETE_SAMPLE, CAP_TRAIN, CAP_CAPTIONS})
+CAPS = frozenset(
+    {CAP_MODELS, CAP_CLASSES, CAP_DELETE_CLASS, CAP_UPLOAD_BYTES, CAP_DELETE_SAMPLE, CAP_TRAIN, CAP_CAPTIONS}
+)
 
 
 def sample(cls: str, content: str, uid: str | None = None, caption: str | None = None) -> DesiredSample:

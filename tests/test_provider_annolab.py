@@ -190,6 +190,27 @@ def test_modelsync_infer_through_the_cli(server, tmp_path, monkeypatch):
     assert r.code == 1 and "either --sources" in r.err
 
 
+def test_annolab_models_are_never_created_or_deleted(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("ANNOLAB_TEST_KEY", KEY_A)
+    project = tmp_path / "proj"
+    project.mkdir()
+    head = (
+        "version: 1\nproviders:\n  al:\n    type: annolab\n    api_key: ${env:ANNOLAB_TEST_KEY}\n"
+        f"    base_url: {server.base_url}\n    group_name: Company Name\n    project: My Project\n"
+        "    output_layer: Gold Set\nmodels:\n"
+    )
+    (project / "modelsync.yaml").write_text(head + "  ghost:\n    title: Not In AnnoLab\n")
+    r = run_cli(project, "plan")
+    assert r.code == 1 and "cannot create models: create it in the vendor's own tools first" in r.err, r.out + r.err
+    assert "create_model" not in r.out
+
+    (project / "modelsync.yaml").write_text(head + f"  shapes:\n    title: {TITLE}\n")
+    r = run_cli(project, "destroy", "--auto-approve")
+    assert r.code == 0 and "cannot delete models; left as it is" in r.out + r.err, r.out + r.err
+    r = run_cli(project, "infer", "shapes", "--sources", str(UNSEEN / "circle-01.png"), "--json")
+    assert r.code == 0 and r.json()["status"] == "Finished"  # still there
+
+
 def test_infer_end_to_end_through_the_cli_against_a_serve_process(serve_process, tmp_path, monkeypatch):
     """The whole flow: a model trained on the vendor's side (here by `modelsync apply` through
     serve's astica API with the same key, standing in for AnnoLab's own tools), then a spec that
