@@ -122,20 +122,15 @@ def _resolve(spec: Any, workdir: Path, wanted: set[str], progress) -> Resolved:
     # Each local source's files start hashing (on worker processes) as soon as it is expanded,
     # while the next one is walked: a first plan keeps both cores busy.
     with Hasher(cache_dir / "hashes.json") as hasher:
-        for key, model in spec.models.items():
-            if wanted and key not in wanted:
+        for key, class_name, entry, spec_path in declared_sources(spec, wanted):
+            try:
+                e = _expand_entry(key, class_name, entry, spec_path, base_dir)
+            except SourceError as exc:
+                diagnostics.append(spec.diagnostic(spec_path, str(exc)))
                 continue
-            for class_name, class_spec in model.classes.items():
-                for index, entry in enumerate(class_spec.samples):
-                    spec_path: SpecPath = ("models", key, "classes", class_name, "samples", index)
-                    try:
-                        e = _expand_entry(key, class_name, entry, spec_path, base_dir)
-                    except SourceError as exc:
-                        diagnostics.append(spec.diagnostic(spec_path, str(exc)))
-                        continue
-                    entries.append(e)
-                    if not e.is_url and not diagnostics:
-                        _start_hashing(e, hasher, spec, unreadable)
+            entries.append(e)
+            if not e.is_url and not diagnostics:
+                _start_hashing(e, hasher, spec, unreadable)
         if diagnostics:
             raise SpecError(diagnostics)
         diagnostics.extend(unreadable)
@@ -337,16 +332,21 @@ def _assemble(
 
 def source_diagnostics(spec: Any, targets: Iterable[str] = ()) -> list:
     """Every declared local source that does not expand (no hashing, no network): for validate."""
-    wanted = set(targets)
     diagnostics = []
+    for _, class_name, entry, spec_path in declared_sources(spec, set(targets)):
+        try:
+            _expand_source(class_name, entry, spec.base_dir)
+        except SourceError as exc:
+            diagnostics.append(spec.diagnostic(spec_path, str(exc)))
+    return diagnostics
+
+
+def declared_sources(spec: Any, wanted: set[str]) -> Iterator[tuple[str, str, Any, SpecPath]]:
+    """(model key, class name, sample entry, its spec path) of every declared sample source,
+    in spec order, for the models in ``wanted`` (all when empty)."""
     for key, model in spec.models.items():
         if wanted and key not in wanted:
             continue
         for class_name, class_spec in model.classes.items():
             for index, entry in enumerate(class_spec.samples):
-                spec_path: SpecPath = ("models", key, "classes", class_name, "samples", index)
-                try:
-                    _expand_source(class_name, entry, spec.base_dir)
-                except SourceError as exc:
-                    diagnostics.append(spec.diagnostic(spec_path, str(exc)))
-    return diagnostics
+                yield key, class_name, entry, ("models", key, "classes", class_name, "samples", index)
