@@ -9,14 +9,12 @@ duplicated and nothing lost, and report the retries it made.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 
 from reconciler.model import derived_uid, sha256_digest
-from reconciler.workspace import Workspace
 from tests.cli_helpers import run_cli
 from tests.test_reliability import KEY, astica_samples, check_state_file, desired, make_images, no_duplicates, variant
 
@@ -32,25 +30,11 @@ CLIENT_TIMEOUT = 1.0
 MAX_RUNS = 4
 
 
-@pytest.fixture
-def short_timeout(monkeypatch):
-    """The astica client's timeout (30 s by default) below the server's slow answers.
-
-    The spec has no timeout setting yet, so the provider options are extended at the one
-    seam that builds them; everything else (CLI, engine, provider, HTTP) is the real path.
-    """
-    original = Workspace.provider_config
-
-    def with_timeout(self, name):
-        cfg = original(self, name)
-        return dataclasses.replace(cfg, options={**cfg.options, "timeout": CLIENT_TIMEOUT})
-
-    monkeypatch.setattr(Workspace, "provider_config", with_timeout)
-
-
 def write_spec(root: Path, chosen: dict[str, list[Path]], base_url: str) -> None:
     lines = ["version: 1", "providers:", "  p:", "    type: astica", "    api_key: ${env:FAULTS_API_KEY}"]
-    lines += [f"    base_url: {base_url}", "    rate_limit: 100000", "models:", "  shapes:", "    title: Shapes"]
+    # the client's timeout below the server's slow answers (astica's default is 30 s)
+    lines += [f"    base_url: {base_url}", "    rate_limit: 100000", f"    timeout: {CLIENT_TIMEOUT}"]
+    lines += ["models:", "  shapes:", "    title: Shapes"]
     lines.append("    classes:")
     for cls, paths in chosen.items():
         lines += [f"      {cls}:", "        samples:", *(f"          - {p.relative_to(root)}" for p in paths)]
@@ -77,7 +61,7 @@ def apply_until_done(root: Path) -> tuple[int, int, int]:
 
 @pytest.mark.slow
 def test_apply_converges_under_faults_with_nothing_duplicated_or_lost(
-    tmp_path: Path, serve_process, monkeypatch, short_timeout
+    tmp_path: Path, serve_process, monkeypatch
 ):
     server = serve_process(keys=[KEY], rate_limit=None, total_rate_limit=None, faults=FAULTS)
     monkeypatch.setenv("FAULTS_API_KEY", KEY)
