@@ -273,26 +273,22 @@ def router(ctx: ServeContext) -> APIRouter:
             p.check_project(project)
         return p
 
-    def project_detail(p: Principal, project_id: Any, field: str = "project_id") -> Any:
+    def _project(read: Callable[[str, int], Any], p: Principal, project_id: Any, field: str) -> Any:
         from reconciler.local.errors import NotFoundError
 
         pid = parse_id(project_id, field)
         p.check_project(pid)
         try:
-            return svc.get_model(p.owner, pid)
+            return read(p.owner, pid)
         except NotFoundError:
             raise ApiError(404, f"{field}: project {pid} not found") from None
+
+    def project_detail(p: Principal, project_id: Any, field: str = "project_id") -> Any:
+        return _project(svc.get_model, p, project_id, field)
 
     def project_record(p: Principal, project_id: Any, field: str = "project_id") -> Any:
         """Like project_detail, without reading the project's images."""
-        from reconciler.local.errors import NotFoundError
-
-        pid = parse_id(project_id, field)
-        p.check_project(pid)
-        try:
-            return svc.get_model_record(p.owner, pid)
-        except NotFoundError:
-            raise ApiError(404, f"{field}: project {pid} not found") from None
+        return _project(svc.get_model_record, p, project_id, field)
 
     # -- projects (modelsync extension) ----------------------------------------------
     @route("POST", PREFIX + "/project/", status_code=201, summary="modelsync extension: create a project")
