@@ -38,9 +38,9 @@ def _ws(ctx: typer.Context):
 
 
 def _in_project(ctx: typer.Context, path: Path) -> Path:
-    """A relative path given on the command line, taken from -C's directory (as git -C does)."""
-    root = ctx.find_root().params.get("directory") or Path(".")
-    return path if path.is_absolute() else Path(root) / path
+    """A relative path given on the command line, taken from -C's directory (as git -C does,
+    and as queries takes image paths from the workspace's workdir)."""
+    return path if path.is_absolute() else _ws(ctx).workdir / path
 
 
 @app.callback()
