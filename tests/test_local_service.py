@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+from reconciler.local.blobs import INLINE_MAX
 from reconciler.local.db import SCHEMA_VERSION
 from reconciler.local.errors import (
     ConflictError,
@@ -60,6 +61,20 @@ def svc(tmp_path: Path):
     service = LocalService(tmp_path / "data")
     yield service
     service.close()
+
+
+@pytest.fixture
+def make_svc(tmp_path: Path):
+    """Factory: a LocalService on tmp_path/data with the given options, closed afterwards."""
+    made: list[LocalService] = []
+
+    def make(**options) -> LocalService:
+        made.append(LocalService(tmp_path / "data", **options))
+        return made[-1]
+
+    yield make
+    for service in made:
+        service.close()
 
 
 def shapes_model(svc: LocalService, n: int = 8, owner: str = OWNER, title: str = "Shapes") -> int:
@@ -318,7 +333,9 @@ def test_sigkill_during_a_batch_of_uploads_leaves_a_consistent_store(tmp_path: P
         svc.close()
 
 
-def test_orphan_blobs_are_collected_and_referenced_ones_kept(svc: LocalService):
+@pytest.mark.parametrize("inline_blob_max", [INLINE_MAX, 0], ids=["in-database", "files"])
+def test_orphan_blobs_are_collected_and_referenced_ones_kept(make_svc, inline_blob_max: int):
+    svc = make_svc(inline_blob_max=inline_blob_max)
     m = svc.create_model(OWNER, "M")
     kept = svc.add_sample(OWNER, m.id, "c", png("circle", 1))
     gone = svc.add_sample(OWNER, m.id, "c", png("circle", 2))
@@ -606,10 +623,30 @@ def test_detection_models_train_on_boxes_and_predict_boxes(svc: LocalService):
     assert pred["boxes"] and {"label", "confidence", "x", "y", "w", "h"} <= set(pred["boxes"][0])
 
 
-def test_a_full_disk_is_a_storage_error_naming_the_file_and_stores_nothing(svc: LocalService, monkeypatch):
+def test_small_images_are_stored_in_the_database_and_large_ones_as_files(tmp_path: Path, make_svc):
+    """Small blobs commit with their sample's row (no file, no fsync); a large one is a file."""
+    svc = make_svc()
+    m = svc.create_model(OWNER, "Sizes")
+    small = svc.add_sample(OWNER, m.id, "c", png("circle", 1))
+    buf = io.BytesIO()
+    rnd = random.Random(7)
+    Image.frombytes("RGB", (300, 300), rnd.randbytes(300 * 300 * 3)).save(buf, "PNG")  # noise: ~270 KB
+    big_bytes = buf.getvalue()
+    assert len(big_bytes) > INLINE_MAX
+    big = svc.add_sample(OWNER, m.id, "c", big_bytes)
+    assert not svc.blobs.path(small.digest).exists() and svc.blobs.path(big.digest).is_file()
+    with sqlite3.connect(tmp_path / "data" / "modelsync.db") as raw:
+        stored = {d for (d,) in raw.execute("SELECT digest FROM blobs")}
+    assert stored == {small.digest}
+    assert svc.read_blob(small.digest) == png("circle", 1) and svc.read_blob(big.digest) == big_bytes
+
+
+def test_a_full_disk_is_a_storage_error_naming_the_file_and_stores_nothing(make_svc, monkeypatch):
+    """A blob stored as a file (here every blob: inline_blob_max=0) meets a full disk."""
     import errno
     import os
 
+    svc = make_svc(inline_blob_max=0)
     model = svc.create_model(OWNER, "Full")
 
     def no_space(fd: int, data) -> int:

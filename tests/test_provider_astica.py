@@ -152,19 +152,20 @@ def test_wrong_key_and_other_keys_models(serve_process):
 def test_a_full_disk_on_the_server_is_a_507_naming_no_server_path(serve_thread, monkeypatch):
     """The server's disk fills while it stores an uploaded image: astica's error shape with 507
     (not retried: waiting will not free the disk), nothing stored, and the next upload works."""
-    import errno
-    import os
+    import sqlite3
+
+    from reconciler.local.blobs import BlobStore
 
     server = serve_thread(keys=[KEY_A], rate_limit=None, total_rate_limit=None)
     p = provider(server.base_url)
     try:
         mid = p.create_model("full", "vision", "classification", ())
 
-        def no_space(fd: int) -> None:  # blobs are fsynced before they are renamed into place
-            raise OSError(errno.ENOSPC, "No space left on device")
+        def no_space(*args) -> None:  # a small image's blob is a row, stored with its sample
+            raise sqlite3.OperationalError("database or disk is full")
 
         with monkeypatch.context() as m:
-            m.setattr(os, "fsync", no_space)
+            m.setattr(BlobStore, "put_in", no_space)
             with pytest.raises(ProviderError) as exc:
                 p.upload_sample(mid, item(DATA / "circle" / "circle-00.png"))
         assert exc.value.status == 507 and p.stats.retries == 0

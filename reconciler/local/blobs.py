@@ -1,8 +1,16 @@
-"""Content-addressed blob files: ``root/<2 hex>/<62 hex>``, named by sha256.
+"""Content-addressed blobs, named by sha256: small ones in SQLite, large ones as files.
 
-A blob is written (temp file, fsync, rename) *before* the row that references it is
-committed, so a committed row always finds its bytes, whatever kills the process.
-The reverse, a blob no row references, is harmless and ``collect_garbage`` removes it.
+* Small blobs (at most ``inline_max`` bytes, 128 KiB by default: most training images)
+  are rows of the ``blobs`` table. ``put_in`` stores one inside the caller's own write
+  transaction, so the blob and the row that references it commit together. SQLite's own
+  measurements put small blobs at their fastest in the database, and an upload costs
+  no file creation, fsync or rename (about 1 ms less per upload to ``serve``).
+* Large blobs are files ``root/<2 hex>/<62 hex>``, written (temp file, fsync, rename)
+  *before* the row that references them commits.
+
+Either way a committed row always finds its bytes, whatever kills the process. The
+reverse, a blob no row references, is harmless and ``collect_garbage`` removes it once
+it is older than a grace period (a writer may have stored it and not committed yet).
 """
 
 from __future__ import annotations
@@ -10,13 +18,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from reconciler.local.db import Database
 from reconciler.local.errors import InvalidInputError, NotFoundError, storage_error_from_os
 
 DIGEST_PREFIX = "sha256:"
+INLINE_MAX = 128 * 1024
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -25,11 +36,26 @@ def digest_of(data: bytes) -> str:
 
 
 class BlobStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, db: Database, *, inline_max: int = INLINE_MAX):
         self.root = root
+        self.db = db
+        self.inline_max = inline_max
         self.root.mkdir(parents=True, exist_ok=True)
         self._tmp = root / "tmp"
         self._tmp.mkdir(exist_ok=True)
+
+    def inline(self, size: int) -> bool:
+        """Whether a blob of ``size`` bytes lives in the database (else in a file)."""
+        return size <= self.inline_max
+
+    def put_in(self, c: sqlite3.Connection, data: bytes, digest: str) -> None:
+        """Store a small blob inside the caller's open write transaction on ``c``.
+        Storing it again restarts its garbage-collection grace period."""
+        c.execute(
+            "INSERT INTO blobs (digest, data, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (digest) DO UPDATE SET created_at = excluded.created_at",
+            (digest, data, time.time()),
+        )
 
     def path(self, digest: str) -> Path:
         hexpart = digest.removeprefix(DIGEST_PREFIX)
@@ -38,8 +64,14 @@ class BlobStore:
         return self.root / hexpart[:2] / hexpart[2:]
 
     def put(self, data: bytes, digest: str | None = None) -> str:
-        """Store ``data`` durably; return its digest. Storing the same bytes twice is free."""
+        """Store ``data`` durably, on its own; return its digest. Storing the same bytes twice
+        is free. Call it before committing the row that references the blob."""
         digest = digest or digest_of(data)
+        if self.inline(len(data)):
+            self.path(digest)  # checks the digest's form
+            with self.db.write() as c:
+                self.put_in(c, data, digest)
+            return digest
         final = self.path(digest)
         try:
             if final.stat().st_size == len(data):
@@ -69,20 +101,39 @@ class BlobStore:
         return digest
 
     def get(self, digest: str) -> bytes:
+        path = self.path(digest)
+        with self.db.read() as c:
+            row = c.execute("SELECT data FROM blobs WHERE digest = ?", (digest,)).fetchone()
+        if row is not None:
+            return bytes(row[0])
         try:
-            return self.path(digest).read_bytes()
+            return path.read_bytes()
         except FileNotFoundError:
             raise NotFoundError(f"blob {digest}: not found") from None
 
+    def get_many(self, digests: Iterable[str]) -> list[bytes]:
+        """Several blobs read in one transaction (a training run reads thousands)."""
+        with self.db.read():
+            return [self.get(d) for d in digests]
+
     def exists(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+        path = self.path(digest)
+        with self.db.read() as c:
+            if c.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone():
+                return True
+        return path.is_file()
 
     def collect_garbage(self, referenced: Iterable[str], *, older_than: float = 3600.0) -> int:
         """Remove blobs not in ``referenced`` and older than ``older_than`` seconds (the grace
         period covers a writer that stored its blob but has not committed its row yet)."""
+        referenced = set(referenced)
         keep = {d.removeprefix(DIGEST_PREFIX) for d in referenced}
         cutoff = time.time() - older_than
-        removed = 0
+        with self.db.write() as c:
+            old = [d for (d,) in c.execute("SELECT digest FROM blobs WHERE created_at < ?", (cutoff,))]
+            gone = [(d,) for d in old if d not in referenced]
+            c.executemany("DELETE FROM blobs WHERE digest = ?", gone)
+        removed = len(gone)
         for sub in self.root.iterdir():
             if not sub.is_dir() or len(sub.name) != 2:
                 if sub == self._tmp:

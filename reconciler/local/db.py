@@ -126,6 +126,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at REAL NOT NULL)""",
         "CREATE INDEX sources_owner ON sources(owner, project, id)",
     ),
+    (
+        # Small blobs (see blobs.py) live here, committed with the rows that reference them.
+        """CREATE TABLE blobs (
+            digest TEXT PRIMARY KEY,
+            data BLOB NOT NULL,
+            created_at REAL NOT NULL)""",
+        "CREATE INDEX blobs_created ON blobs(created_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -301,11 +301,13 @@ class JobManager:
         config = json.loads(config_text)
         digest = dataset_digest((title, d) for title, d, _ in rows)
         try:
+            blobs = self.blobs.get_many(d for _, d, _ in rows)
             samples = [
                 # Boxes shape the run only for detection models; a classifier learns labels.
-                TrainSample(label=title, data=self.blobs.get(d), boxes=tuple(json.loads(b)) if b and detection else ())
-                for title, d, b in rows
+                TrainSample(label=title, data=data, boxes=tuple(json.loads(b)) if b and detection else ())
+                for (title, _, b), data in zip(rows, blobs, strict=True)
             ]
+            del blobs
             weights_in = self.blobs.get(base_weights) if base_weights else None
         except LocalError as exc:
             self._fail("training", job_id, f"stored data is missing: {exc}")
@@ -403,7 +405,7 @@ class JobManager:
                 return
             chunk = inputs[start : start + INFER_CHUNK]
             try:
-                images = [self.blobs.get(d) for _, d in chunk]
+                images = self.blobs.get_many(d for _, d in chunk)
                 preds = predictor.predict(images, **options)
             except (InvalidImage, LocalError) as exc:
                 self._fail("inference", job_id, f"inputs {start}..{start + len(chunk) - 1}: {exc}")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.local import checks
-from reconciler.local.blobs import BlobStore, digest_of
+from reconciler.local.blobs import INLINE_MAX, BlobStore, digest_of
 from reconciler.local.db import Database
 from reconciler.local.errors import ConflictError, InvalidInputError, NotFoundError, StateError
 from reconciler.local.images import check_header, inspect_image
@@ -99,12 +99,12 @@ def _version_record(row: tuple) -> VersionRecord:
 class LocalService:
     """Thread-safe; several processes may open the same ``root`` at once."""
 
-    def __init__(self, root: Path | str, *, max_image_bytes: int = 20 * 2**20):
+    def __init__(self, root: Path | str, *, max_image_bytes: int = 20 * 2**20, inline_blob_max: int = INLINE_MAX):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_image_bytes = max_image_bytes
-        self.blobs = BlobStore(self.root / "blobs")
         self.db = Database(self.root / "modelsync.db")
+        self.blobs = BlobStore(self.root / "blobs", self.db, inline_max=inline_blob_max)
         self.jobs = JobManager(self.db, self.blobs)
         self.jobs.reap()
 
@@ -260,10 +260,13 @@ class LocalService:
         source_url = checks.text(source_url, "source_url", max_len=4000, optional=True)
         what = f"sample {uid!r}" if uid else "sample"
         info = inspect_image(data, max_bytes=self.max_image_bytes, what=what)
-        digest = digest_of(bytes(data))
+        data = bytes(data)
+        digest = digest_of(data)
         if expected_digest is not None and expected_digest != digest:
             raise InvalidInputError(f"{what}: content is {digest}, expected {expected_digest}")
-        self.blobs.put(bytes(data), digest)  # bytes first: a committed row always finds its blob
+        inline = self.blobs.inline(len(data))
+        if not inline:
+            self.blobs.put(data, digest)  # a file blob first: a committed row always finds its bytes
         with self.db.write() as c:
             mid, _ = self._check_model(c, owner, model_id)
             if uid is not None:
@@ -283,6 +286,8 @@ class LocalService:
             else:
                 class_id = found[0]
             boxes_json = json.dumps(list(box_list)) if box_list else None
+            if inline:
+                self.blobs.put_in(c, data, digest)  # commits with the row
             sample_id = c.execute(
                 "INSERT INTO samples (model_id, class_id, uid, digest, size, media_type, width, height, caption, "
                 "boxes, created_at, source_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
