@@ -5,25 +5,25 @@
 `modelsync serve` (bench/counting_serve.py) adds 20 ms to every request and limits
 nothing. The same N images are uploaded (a) by `modelsync apply` through the astica
 provider (spec rate_limit set far above what is reached, so pacing does not bind) and
-(b) by a plain sequential httpx loop doing what astica's sample code does: create the
-model, list to find its id, then one POST /model/upload per image (base64 input, uid).
-Figures: whole-task wall time (modelsync's includes its start, plan and refresh) and
-the upload phase alone (first to last upload, from the server's log).
+(b) by bench/sequential_upload.py, a plain sequential httpx script doing what astica's
+sample code does: create the model, list to find its id, then one POST /model/upload per
+image (base64 input, uid). Both run as processes, as a user runs them.
+Figures: whole-task wall time (process start to exit: modelsync's includes its hashing,
+plan and refresh) and the upload phase alone (first to last upload, from the server's log).
 Target (DESIGN.md): >= 8x the sequential client.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
+    BENCH_DIR,
     WORK,
     astica_env,
     ensure_dataset,
@@ -46,23 +46,6 @@ def upload_span(log: list) -> float:
     return times[-1] - times[0] if len(times) > 1 else float("nan")
 
 
-def sequential_client(base_url: str, files: list[Path]) -> None:
-    """What a vendor sample script does: one request after the other."""
-    import httpx
-
-    with httpx.Client(base_url=base_url, timeout=60) as c:
-        c.post("/model/create", json={"tkn": KEY, "dataset_title": "sequential", "dataset_type": "vision",
-                                      "dataset_purpose": "classification"}).raise_for_status()
-        listing = c.post("/model/list", json={"tkn": KEY}).json()
-        model_id = next(m["id"] for m in listing["dataset_list"] if m["title"] == "sequential")
-        for f in files:
-            body = {"tkn": KEY, "model_id": model_id, "model_class": f.parent.name,
-                    "input": base64.b64encode(f.read_bytes()).decode(), "uid": f.stem}
-            answer = c.post("/model/upload", json=body).json()
-            if answer.get("status") != "OK":
-                raise SystemExit(f"sequential upload failed: {answer}")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1000, help="images (default 1000)")
@@ -76,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         args.n, 2, WORK / f"latency-{args.n}", "--provider", "astica",
         "--base-url", "http://127.0.0.1:1", "--rate-limit", str(UNPACED),
     )
-    files = sorted((root / "data").glob("*/*.png"))
     ms_wall, ms_span, seq_wall, seq_span = [], [], [], []
     for i in range(args.runs):
         data = WORK / "serve-latency"
@@ -89,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             ms_wall.append(r.seconds)
             ms_span.append(upload_span(srv.requests()))
             srv.reset()
-            t0 = time.perf_counter()
-            sequential_client(srv.base_url, files)
-            seq_wall.append(time.perf_counter() - t0)
+            seq = run_measured([sys.executable, str(BENCH_DIR / "sequential_upload.py"), srv.base_url, KEY,
+                                str(root / "data")], cwd=root)
+            seq_wall.append(seq.seconds)
             seq_span.append(upload_span(srv.requests()))
         print(f"run {i + 1}: modelsync {ms_wall[-1]:.2f} s (uploads {ms_span[-1]:.2f} s; {provider_line(r.stdout)}), "
               f"sequential {seq_wall[-1]:.2f} s (uploads {seq_span[-1]:.2f} s)")
