@@ -190,8 +190,7 @@ def _apply_like(
     destroy: bool,
 ) -> None:
     from reconciler.apply import Applier, remember_lifecycle
-    from reconciler.engine import check_fresh, compute_plan, resolve_spec
-    from reconciler.lockfile import write_lock
+    from reconciler.engine import check_fresh, compute_plan
     from reconciler.plan import Plan
     from reconciler.render import render_plan
     from reconciler.state import StateLock, reconcile_with_remote, save_state
@@ -211,7 +210,7 @@ def _apply_like(
                     raise UserError(f"{planfile}: cannot read the plan ({exc.strerror or exc})") from None
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:
                     raise UserError(f"{planfile}: not a modelsync plan ({type(exc).__name__}: {exc})") from None
-                planned = check_fresh(ws, plan_obj)
+                planned = check_fresh(ws, plan_obj, progress=_progress_printer(False))
             else:
                 planned = compute_plan(ws, targets, destroy=destroy, progress=_progress_printer(False))
             p = planned.plan
@@ -231,8 +230,8 @@ def _apply_like(
             if not p.changes:
                 if remember_lifecycle(planned.state, ws.spec):  # e.g. prevent_destroy just switched
                     save_state(ws.project_dir, planned.state)
-                if not destroy and planned.resolved is not None:
-                    write_lock(ws.project_dir, planned.resolved)  # in sync: pin it (a deleted lock comes back)
+                if not destroy:
+                    _pin_sources(ws, planned)  # in sync: pin it (a deleted lock comes back)
                 return
             if planfile is None:
                 _confirm("destroy these models" if destroy else "perform these actions", auto_approve)
@@ -248,10 +247,25 @@ def _apply_like(
                     "the state records what landed: run apply again to converge",
                 )
             if not destroy:
-                resolved = planned.resolved or resolve_spec(ws, p.targets)
-                write_lock(ws.project_dir, resolved)
+                _pin_sources(ws, planned)
     finally:
         ws.close()
+
+
+def _pin_sources(ws: Any, planned: Any) -> None:
+    """Write modelsync.lock from what the plan saw (for a saved plan, check_fresh has checked that
+    the sources still resolve to it); if they could not be resolved again, leave it and say so."""
+    from reconciler.lockfile import LOCK_NAME, write_lock
+
+    if planned.resolved is not None:
+        write_lock(ws.project_dir, planned.resolved)
+    elif planned.unverified:
+        first = planned.unverified[0]
+        more = f" (and {len(planned.unverified) - 1} more)" if len(planned.unverified) > 1 else ""
+        _stderr().print(
+            f"[yellow]Warning:[/yellow] {LOCK_NAME} not updated: the sources could not be checked against "
+            f"the plan: {_escape(first)}{more}; run plan again"
+        )
 
 
 def _op_label(op: Any) -> str:

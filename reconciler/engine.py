@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from reconciler.errors import StaleStateError, UserError
-from reconciler.lockfile import check_locked
-from reconciler.plan import Plan, build_plan
+from reconciler.lockfile import LockDigests, check_locked, read_lock
+from reconciler.model import derived_uid
+from reconciler.plan import Plan, build_plan, planned_samples
 from reconciler.refresh import Refreshed, identities, refresh
 from reconciler.resolve import Resolved, resolve
 from reconciler.state import State, load_state
@@ -19,9 +20,13 @@ from reconciler.workspace import Workspace
 @dataclass
 class Planned:
     plan: Plan
-    resolved: Resolved | None
+    resolved: Resolved | None  # what the plan saw: the lock file is written from it after apply
     state: State
     refreshed: Refreshed
+    # apply PLANFILE only: why the sources could not be checked against the plan (a source that
+    # cannot be read or fetched now); the apply goes on, that source fails its own upload, and
+    # the lock file is left alone
+    unverified: tuple[str, ...] = ()
 
 
 def check_spec(ws: Workspace, targets: tuple[str, ...] = (), *, sources: bool = False) -> None:
@@ -109,25 +114,38 @@ def _compute_plan(ws: Workspace, targets: tuple[str, ...], *, locked: bool, dest
         destroy=destroy,
     )
     plan.spec_digest = ws.spec_digest()
+    plan.source_digests = LockDigests(resolved)  # computed only if the plan is saved or printed as JSON
     return Planned(plan, resolved, state, refreshed)
 
 
-def check_fresh(ws: Workspace, plan: Plan) -> Planned:
-    """Refresh again and refuse ``plan`` if the spec, the state or any remote it read has changed."""
+def check_fresh(ws: Workspace, plan: Plan, progress=None) -> Planned:
+    """Resolve and refresh again, and refuse ``plan`` if the spec, the state, any source or any
+    remote it read has changed. The result's ``resolved`` is then what the plan saw."""
     with _kept_till_exit():
-        return _check_fresh(ws, plan)
+        return _check_fresh(ws, plan, progress)
 
 
-def _check_fresh(ws: Workspace, plan: Plan) -> Planned:
+def _check_fresh(ws: Workspace, plan: Plan, progress) -> Planned:
     check_spec(ws, plan.targets)
     if plan.spec_digest != ws.spec_digest():
         raise StaleStateError("stale plan: the spec changed since the plan was made; run plan again")
+    if plan.source_digests is None:
+        raise StaleStateError(
+            "stale plan: the plan file does not record what its sources resolved to "
+            "(an older modelsync made it); run plan again"
+        )
     state = load_state(ws.project_dir)
     if plan.state_serial != state.serial or (plan.state_lineage or "") != state.lineage:
         raise StaleStateError(
             f"stale plan: the state changed since the plan was made (serial {plan.state_serial} -> "
             f"{state.serial}); run plan again"
         )
+    resolved: Resolved | None = None
+    unverified: tuple[str, ...] = ()
+    try:
+        resolved = resolve_spec(ws, plan.targets, progress)
+    except UserError as exc:
+        unverified = tuple(exc.lines)
     all_ids = {k: (ws.spec.provider_for(k)[0], m.title or k) for k, m in ws.spec.models.items()}
     refreshed = refresh(ws, all_ids, state, plan.targets)
     for key, fingerprint in plan.fingerprints.items():
@@ -135,4 +153,85 @@ def _check_fresh(ws: Workspace, plan: Plan) -> Planned:
         now = remote.fingerprint() if remote else "absent"
         if now != fingerprint:
             raise StaleStateError(f"stale plan: remote model '{key}' changed since the plan was made; run plan again")
-    return Planned(plan, None, state, refreshed)
+    if resolved is not None:
+        digests = LockDigests(resolved)
+        recorded = plan.source_digests
+        changed = sorted(k for k in set(digests) | set(recorded) if digests.get(k) != recorded.get(k))
+        if changed:
+            raise StaleStateError(*_source_changes(ws, plan, changed, resolved, refreshed, state))
+    return Planned(plan, resolved, state, refreshed, unverified)
+
+
+# At most this many changed sources are named when a saved plan is refused.
+SHOWN_SOURCE_CHANGES = 10
+
+
+def _source_changes(
+    ws: Workspace, plan: Plan, keys: list[str], resolved: Resolved, refreshed: Refreshed, state: State
+) -> list[str]:
+    """One line per source that differs from what ``plan`` saw, for the models in ``keys``.
+
+    The plan records only a digest per model; a source is named when it certainly differs:
+    an upload planned with other bytes, or bytes that neither the remote (unchanged since the
+    plan: its fingerprint was checked) nor the plan's uploads hold. A change that cannot be
+    told apart that way (a file renamed, or replaced by bytes already uploaded) names the model."""
+    try:
+        lock = (read_lock(ws.project_dir) or {}).get("models", {})
+    except UserError:
+        lock = {}
+    lines: list[str] = []
+    for key in keys:
+        named = []
+        if key in resolved.models:
+            remote = refreshed.remotes.get(key)
+            named = _changed_sources(plan, key, resolved, remote, state.models.get(key), lock.get(key))
+        if named:
+            lines.extend(f"stale plan: {key}: source {source} {what} since the plan was made" for source, what in named)
+        else:
+            lines.append(f"stale plan: the sources of model '{key}' changed since the plan was made")
+    if len(lines) > SHOWN_SOURCE_CHANGES:
+        lines[SHOWN_SOURCE_CHANGES:] = [f"stale plan: and {len(lines) - SHOWN_SOURCE_CHANGES} more source changes"]
+    lines[-1] += "; run plan again"
+    return lines
+
+
+def _changed_sources(plan, key, resolved, remote, mstate, locked) -> list[tuple[str, str]]:
+    """(source, what happened) for each source of model ``key`` that certainly differs from the plan."""
+    uploads = {
+        op.source: op.digest for op in plan.operations if op.op == "upload_sample" and op.model == key and op.source
+    }
+    seen = planned_samples(plan, key, remote, mstate)
+    model = resolved.models[key]
+    by_source = {s.source: s for s in model.samples.values()}
+    current = resolved.sources.get(key, {})
+    locked_sources = locked.get("sources", {}) if isinstance(locked, dict) else None
+    out: list[tuple[str, str]] = []
+    for source, (digest, _size) in sorted(current.items()):
+        if source in uploads:
+            if uploads[source] != digest:
+                out.append((source, "changed"))
+            continue
+        sample = by_source.get(source)
+        if sample is None:  # a second file with a sample's bytes, in its class
+            sample = model.samples.get(derived_uid(digest))
+        if sample is None:
+            continue
+        was = seen.get(sample.uid)
+        if was is None or was[0] != sample.class_name or was[1] not in (None, digest):
+            if locked_sources is None:
+                out.append((source, "changed or was added"))
+            else:
+                out.append((source, "changed" if source in locked_sources else "was added"))
+    removed = set(uploads) - set(current)
+    if locked_sources and model.prune != "none":
+        # A locked source gone whose bytes the plan kept and nothing declares now: the plan saw
+        # them declared (with prune, it deletes managed samples it does not see declared).
+        for source, pin in locked_sources.items():
+            digest = pin.get("digest") if isinstance(pin, dict) else None
+            if source in current or not isinstance(digest, str):
+                continue
+            uid = derived_uid(digest)
+            if uid in seen and uid not in model.samples:
+                removed.add(source)
+    out.extend((source, "was removed") for source in sorted(removed))
+    return out

@@ -7,28 +7,61 @@ when any source no longer resolves to what the lock says.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from reconciler.atomic import write_atomic
 from reconciler.errors import UserError
+from reconciler.model import canonical_json, sha256_digest
 from reconciler.resolve import Resolved
 
 LOCK_FORMAT = 1
 LOCK_NAME = "modelsync.lock"
 
 
+def lock_entry(resolved: Resolved, key: str) -> dict[str, Any]:
+    """What the lock file pins for one model."""
+    model = resolved.models[key]
+    sources = resolved.sources.get(key, {})
+    return {
+        "dataset_digest": model.dataset_digest,
+        "config_digest": model.config_digest,
+        "samples": len(model.samples),
+        "sources": {s: {"digest": d, "size": n} for s, (d, n) in sorted(sources.items())},
+    }
+
+
 def lock_body(resolved: Resolved) -> dict[str, Any]:
-    models = {}
-    for key, model in sorted(resolved.models.items()):
-        sources = resolved.sources.get(key, {})
-        models[key] = {
-            "dataset_digest": model.dataset_digest,
-            "config_digest": model.config_digest,
-            "samples": len(model.samples),
-            "sources": {s: {"digest": d, "size": n} for s, (d, n) in sorted(sources.items())},
-        }
-    return {"version": LOCK_FORMAT, "models": models}
+    return {"version": LOCK_FORMAT, "models": {key: lock_entry(resolved, key) for key in sorted(resolved.models)}}
+
+
+def entry_digest(entry: dict[str, Any]) -> str:
+    """The digest of one model's lock entry (canonical JSON): equal digests, equal entries."""
+    return sha256_digest(canonical_json(entry).encode())
+
+
+class LockDigests(Mapping[str, str]):
+    """model key -> digest of the lock entry ``resolved`` gives it, computed on first use.
+
+    A saved plan records them (``meta.source_digests``) and ``apply PLANFILE`` compares them
+    with a fresh resolve, so the lock it writes is the one the plan saw. An unsaved plan
+    never computes them (at 100k sources, a sort and a canonical JSON of every source)."""
+
+    def __init__(self, resolved: Resolved):
+        self._resolved = resolved
+        self._computed: dict[str, str] = {}
+
+    def __getitem__(self, key: str) -> str:
+        if key not in self._computed:
+            self._computed[key] = entry_digest(lock_entry(self._resolved, key))
+        return self._computed[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._resolved.models))
+
+    def __len__(self) -> int:
+        return len(self._resolved.models)
 
 
 def read_lock(spec_dir: Path) -> dict[str, Any] | None:

@@ -126,6 +126,9 @@ class Plan:
     # model key -> remote fingerprint or "absent" (a RemoteFingerprints when built by build_plan)
     fingerprints: Mapping[str, str] = field(default_factory=dict)
     targets: tuple[str, ...] = ()
+    # model key -> digest of the lock entry its sources resolved to (lockfile.LockDigests when
+    # built by compute_plan); None: not recorded (a plan file from before modelsync recorded them)
+    source_digests: Mapping[str, str] | None = None
 
     @property
     def changes(self) -> bool:
@@ -150,6 +153,7 @@ class Plan:
                 "state_lineage": self.state_lineage,
                 "fingerprints": dict(self.fingerprints),
                 "targets": list(self.targets),
+                **({} if self.source_digests is None else {"source_digests": dict(self.source_digests)}),
             },
         }
 
@@ -158,6 +162,11 @@ class Plan:
         if raw.get("format_version") != PLAN_FORMAT:
             raise ValueError(f"unsupported plan format {raw.get('format_version')!r}")
         meta = raw.get("meta") or {}
+        source_digests = meta.get("source_digests")
+        if source_digests is not None and not (
+            isinstance(source_digests, dict) and all(isinstance(v, str) for v in source_digests.values())
+        ):
+            raise ValueError("meta.source_digests must map model names to digests")
         return cls(
             operations=[Operation.from_json(o) for o in raw.get("operations", [])],
             warnings=list(raw.get("warnings", [])),
@@ -168,7 +177,27 @@ class Plan:
             state_lineage=meta.get("state_lineage"),
             fingerprints=dict(meta.get("fingerprints", {})),
             targets=tuple(meta.get("targets", [])),
+            source_digests=source_digests,
         )
+
+
+def planned_samples(
+    plan: Plan, key: str, remote: RemoteModel | None, mstate: ModelState | None
+) -> dict[str, tuple[str, str | None]]:
+    """uid -> (class, digest or None if unknown) of the samples model ``key`` holds once ``plan``
+    has run on ``remote`` (the remote the plan was computed from): what the plan saw declared."""
+    ops = [op for op in plan.operations if op.model == key]
+    gone = {op.remote_id for op in ops if op.op == "delete_sample"}
+    gone_classes = {op.class_name for op in ops if op.op == "delete_class"}
+    out: dict[str, tuple[str, str | None]] = {}
+    if remote is not None:
+        for s in with_state_uids(remote, mstate):
+            if s.uid is not None and s.remote_id not in gone and s.class_name not in gone_classes:
+                out[s.uid] = (s.class_name, _known_digest(s, mstate))
+    for op in ops:
+        if op.op == "upload_sample" and op.uid is not None and op.class_name is not None:
+            out[op.uid] = (op.class_name, op.digest)
+    return out
 
 
 # --------------------------------------------------------------------------- diff
