@@ -214,8 +214,9 @@ def _apply_like(
             else:
                 planned = compute_plan(ws, targets, destroy=destroy, progress=_progress_printer(False))
             p = planned.plan
-            if reconcile_with_remote(planned.state, planned.refreshed.remotes):
-                save_state(ws.project_dir, planned.state)  # intents from an interrupted run, settled
+            settled = reconcile_with_remote(planned.state, planned.refreshed.remotes)  # an interrupted run's intents
+            if _remember_adopted(planned) or settled:
+                save_state(ws.project_dir, planned.state)
             render_plan(p, out)
             if p.errors:
                 raise UserError(*p.errors)
@@ -250,6 +251,34 @@ def _apply_like(
                 _pin_sources(ws, planned)
     finally:
         ws.close()
+
+
+def _remember_adopted(planned: Any) -> bool:
+    """Record in the state the remote samples the plan matched to declared ones although no uid
+    linked them (a vendor without uids, and a lost state): from now on they are managed, so
+    undeclaring one removes it. Returns True if the state changed."""
+    from reconciler.plan import adopted_samples
+    from reconciler.state import ModelState
+
+    if planned.resolved is None:
+        return False
+    changed = False
+    for key, desired in planned.resolved.models.items():
+        remote = planned.refreshed.remotes.get(key)
+        mstate = planned.state.models.get(key)
+        if remote is None or (mstate is not None and mstate.remote_id != remote.remote_id):
+            continue
+        found = adopted_samples(desired, remote, mstate)
+        if not found:
+            continue
+        if mstate is None:
+            mstate = ModelState(desired.provider, desired.provider_type, desired.title, remote.remote_id)
+            planned.state.models[key] = mstate
+        for uid, sample in found.items():
+            entry = {"class": sample.class_name, "digest": desired.samples[uid].digest}
+            mstate.samples[uid] = {**entry, "remote_id": sample.remote_id}
+        changed = True
+    return changed
 
 
 def _pin_sources(ws: Any, planned: Any) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from reconciler.model import (
@@ -218,6 +218,49 @@ def with_state_uids(remote: RemoteModel, mstate: ModelState | None) -> list[Remo
     return out
 
 
+def adopted_samples(
+    desired: DesiredModel, remote: RemoteModel | None, mstate: ModelState | None
+) -> dict[str, RemoteSample]:
+    """uid -> the remote sample with no known uid that *is* that declared sample: same class and
+    the same bytes, by the digest the vendor reports or the URL it fetched the image from.
+
+    Vendors that keep no uid (Autogon, Scenario) are linked to uids by the state file alone; a
+    lost or never-shared state (a fresh CI checkout) would otherwise see every image as foreign
+    and upload it again. Matching is one to one and deterministic (uids in sorted order)."""
+    if remote is None:
+        return {}
+    return _match_foreign(desired, with_state_uids(remote, mstate))
+
+
+def _match_foreign(desired: DesiredModel, samples: list[RemoteSample]) -> dict[str, RemoteSample]:
+    foreign = [s for s in samples if s.uid is None]
+    if not foreign:  # the common case (vendors that keep uids, or a state that knows them): no cost
+        return {}
+    candidates: dict[tuple[str, str, str], list[RemoteSample]] = {}
+    for s in foreign:
+        if s.digest:
+            candidates.setdefault((s.class_name, "digest", s.digest), []).append(s)
+        if s.url:
+            candidates.setdefault((s.class_name, "url", s.url), []).append(s)
+    if not candidates:
+        return {}
+    known = {s.uid for s in samples if s.uid is not None}
+    out: dict[str, RemoteSample] = {}
+    taken: set[str] = set()
+    for uid in sorted(desired.samples):
+        if uid in known:
+            continue
+        want = desired.samples[uid]
+        keys = [(want.class_name, "digest", want.digest)]
+        if want.url:
+            keys.append((want.class_name, "url", want.url))
+        match = next((s for k in keys for s in candidates.get(k, ()) if s.remote_id not in taken), None)
+        if match is not None:
+            out[uid] = match
+            taken.add(match.remote_id)
+    return out
+
+
 def _group_by_uid(
     samples: list[RemoteSample],
 ) -> tuple[dict[str, RemoteSample], dict[str, list[RemoteSample]], list[RemoteSample]]:
@@ -343,6 +386,13 @@ def plan_model(
         remote_classes: dict[str, str] = {}
     else:
         remote_samples = with_state_uids(remote, mstate)
+        adopted = _match_foreign(desired, remote_samples)
+        if adopted:
+            by_remote_id = {s.remote_id: uid for uid, s in adopted.items()}
+            remote_samples = [
+                replace(s, uid=by_remote_id[s.remote_id]) if s.uid is None and s.remote_id in by_remote_id else s
+                for s in remote_samples
+            ]
         remote_classes = remote.classes
 
     by_uid, copies, foreign = _group_by_uid(remote_samples)

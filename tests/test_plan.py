@@ -159,6 +159,34 @@ def test_foreign_samples_are_left_alone_unless_prune_all():
     assert [(o.op, o.uid) for o in ops if o.op == "delete_sample"] == [("delete_sample", "their-own")]
 
 
+def test_a_uid_less_remote_sample_with_the_declared_class_and_bytes_is_adopted_not_copied():
+    """A vendor without uids and a lost state: same class and digest (or URL) is the declared
+    sample; another class, or a second copy, is not; each remote sample is adopted once."""
+    model = desired(A, B, C)
+    remote = remote_of(model)
+    remote.samples = [dataclasses.replace(s, uid=None) for s in remote.samples]
+    assert ops_of(model, remote) == []
+    moved = [dataclasses.replace(s, class_name="square") if s.digest == A.digest else s for s in remote.samples]
+    remote.samples = moved
+    assert ("upload_sample", "circle", A.uid) in ops_of(model, remote)
+    by_url = dataclasses.replace(C, url="https://example.com/c.png", source="https://example.com/c.png")
+    url_model = desired(A, B, by_url)
+    remote = remote_of(url_model)
+    remote.samples = [
+        dataclasses.replace(s, uid=None, digest=None, url=by_url.url if s.uid == by_url.uid else None)
+        for s in remote.samples
+    ]
+    assert [o for o in ops_of(url_model, remote) if o[0] == "upload_sample"] == [
+        ("upload_sample", "circle", A.uid),
+        ("upload_sample", "circle", B.uid),
+    ]
+    twice = remote_of(desired(A))
+    (only,) = twice.samples
+    twice.samples = [dataclasses.replace(only, uid=None), dataclasses.replace(only, uid=None, remote_id="copy")]
+    _, _, unmanaged, _ = plan_model(desired(A), twice, None, CAPS)
+    assert unmanaged == 1  # one copy adopted, the other stays foreign
+
+
 def test_user_uid_known_to_state_is_managed():
     model = desired(A, C)
     remote = remote_of(desired(A, C))

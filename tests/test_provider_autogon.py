@@ -5,6 +5,7 @@ duplicates, and keys."""
 from __future__ import annotations
 
 import io
+import json
 import random
 import time
 from pathlib import Path
@@ -250,3 +251,65 @@ def test_plan_apply_converges_through_the_cli(serve_thread, static_files, tmp_pa
     assert pred["label"] == "square" and pred["boxes"]
     best = max(pred["boxes"], key=lambda b: b["confidence"])
     assert iou(Box("square", best["x"], best["y"], best["w"], best["h"]), truth) > 0.5
+
+
+def test_a_lost_state_adopts_the_uploaded_images_instead_of_copying_them(
+    serve_thread, static_files, tmp_path, monkeypatch
+):
+    """Autogon keeps no uid, so only the state links an image to its uid. A lost state (or a
+    fresh CI checkout) must cost a refresh, not a second copy of every image: the plan matches
+    remote images to declared ones by class and URL, and apply records them, so that
+    undeclaring one afterwards removes it."""
+    server = serve_thread(keys=KEYS, rate_limit=None, total_rate_limit=None, allow_private_urls=True)
+    rng = random.Random(5)
+    scenes_dir = tmp_path / "scenes"
+    scenes_dir.mkdir()
+    base = static_files(scenes_dir)
+    for i in range(6):
+        (scenes_dir / f"s{i}.png").write_bytes(scene(rng)[0])
+    monkeypatch.setenv("AUTOGON_TEST_KEY", KEY_A)
+    project = tmp_path / "proj"
+    project.mkdir()
+
+    def write_spec(count: int) -> None:
+        (project / "modelsync.yaml").write_text(
+            "version: 1\n"
+            "providers:\n"
+            f"  aug: {{type: autogon, api_key: '${{env:AUTOGON_TEST_KEY}}', base_url: '{server.base_url}'}}\n"
+            "models:\n"
+            "  boxes:\n"
+            "    purpose: classification\n"
+            "    training: {auto: false}\n"
+            "    classes:\n"
+            "      square:\n"
+            "        samples:\n" + "".join(f"          - url: {base}/s{i}.png\n" for i in range(count))
+        )
+
+    def remote_images() -> list[RemoteSample]:
+        p = provider(server.base_url)
+        try:
+            (model,) = [m for m in p.list_models() if m.title == "boxes"]
+            return p.view_model(model.remote_id).samples
+        finally:
+            p.close()
+
+    write_spec(6)
+    assert run_cli(project, "apply", "--auto-approve").code == 0
+    uploaded = {s.remote_id for s in remote_images()}
+    assert len(uploaded) == 6
+
+    (project / ".modelsync" / "state.json").unlink()
+    r = run_cli(project, "plan", "--detailed-exitcode")
+    assert r.code == 0, r.out + r.err  # nothing to upload: the six images are the declared ones
+    r = run_cli(project, "apply", "--auto-approve")
+    assert r.code == 0, r.err
+    assert {s.remote_id for s in remote_images()} == uploaded  # no second copy
+    state = json.loads((project / ".modelsync" / "state.json").read_text())
+    recorded = state["models"]["boxes"]["samples"]
+    assert {v["remote_id"] for v in recorded.values()} == uploaded
+
+    write_spec(5)  # s5 undeclared: it is modelsync's again, so it goes
+    r = run_cli(project, "apply", "--auto-approve")
+    assert r.code == 0, r.err
+    left = remote_images()
+    assert len(left) == 5 and f"{base}/s5.png" not in {s.url for s in left}
