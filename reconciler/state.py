@@ -164,8 +164,9 @@ def reconcile_with_remote(state: State, remotes: dict[str, Any]) -> bool:
     """Bring the state's record of samples in line with what the remote really holds.
 
     An apply killed between an upload landing and the state being saved leaves intents
-    (``pending``) behind; the refreshed remote tells which landed. Returns True if the
-    state changed. ``remotes`` maps model keys to refreshed RemoteModel (or None).
+    (``pending``) behind; the refreshed remote tells which landed. A recorded sample the
+    remote no longer holds is forgotten. Returns True if the state changed. ``remotes`` maps
+    model keys to refreshed RemoteModel (or None).
     """
     changed = False
     for key, remote in remotes.items():
@@ -187,7 +188,13 @@ def reconcile_with_remote(state: State, remotes: dict[str, Any]) -> bool:
                     if landed.remote_id:
                         mstate.samples[uid]["remote_id"] = landed.remote_id
                 changed = True
-            elif landed is not None and landed.remote_id and entry.get("remote_id") != landed.remote_id:
+            elif landed is None:
+                # Gone from the remote: e.g. a delete that landed but whose answer was lost, so its
+                # run failed before forgetting it. The remote is the truth; the plan re-uploads it
+                # if the spec still declares it.
+                del mstate.samples[uid]
+                changed = True
+            elif landed.remote_id and entry.get("remote_id") != landed.remote_id:
                 entry["remote_id"] = landed.remote_id
                 changed = True
     return changed
