@@ -6,14 +6,15 @@ import contextlib
 import gc
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from reconciler.errors import StaleStateError, UserError
 from reconciler.lockfile import LockDigests, check_locked, read_lock
-from reconciler.model import derived_uid
+from reconciler.model import RemoteModel, derived_uid
 from reconciler.plan import Plan, build_plan, planned_samples
 from reconciler.refresh import Refreshed, identities, refresh
 from reconciler.resolve import Resolved, resolve
-from reconciler.state import State, load_state
+from reconciler.state import ModelState, State, load_state
 from reconciler.workspace import Workspace
 
 
@@ -195,7 +196,14 @@ def _source_changes(
     return lines
 
 
-def _changed_sources(plan, key, resolved, remote, mstate, locked) -> list[tuple[str, str]]:
+def _changed_sources(
+    plan: Plan,
+    key: str,
+    resolved: Resolved,
+    remote: RemoteModel | None,
+    mstate: ModelState | None,
+    locked: Any,  # the model's entry in modelsync.lock as read: any JSON value, or None
+) -> list[tuple[str, str]]:
     """(source, what happened) for each source of model ``key`` that certainly differs from the plan."""
     uploads = {
         op.source: op.digest for op in plan.operations if op.op == "upload_sample" and op.model == key and op.source
