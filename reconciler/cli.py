@@ -214,9 +214,8 @@ def _apply_like(
             else:
                 planned = compute_plan(ws, targets, destroy=destroy, progress=_progress_printer(False))
             p = planned.plan
-            settled = reconcile_with_remote(planned.state, planned.refreshed.remotes)  # an interrupted run's intents
-            if _remember_adopted(planned) or settled:
-                save_state(ws.project_dir, planned.state)
+            if reconcile_with_remote(planned.state, planned.refreshed.remotes):
+                save_state(ws.project_dir, planned.state)  # intents from an interrupted run, settled
             render_plan(p, out)
             if p.errors:
                 raise UserError(*p.errors)
@@ -229,13 +228,17 @@ def _apply_like(
                     )
                 )
             if not p.changes:
-                if remember_lifecycle(planned.state, ws.spec):  # e.g. prevent_destroy just switched
+                adopted = not destroy and _remember_adopted(ws, planned)
+                if remember_lifecycle(planned.state, ws.spec) or adopted:  # e.g. prevent_destroy just switched
                     save_state(ws.project_dir, planned.state)
                 if not destroy:
                     _pin_sources(ws, planned)  # in sync: pin it (a deleted lock comes back)
                 return
             if planfile is None:
                 _confirm("destroy these models" if destroy else "perform these actions", auto_approve)
+            if not destroy and _remember_adopted(ws, planned):
+                remember_lifecycle(planned.state, ws.spec)
+                save_state(ws.project_dir, planned.state)
             reporter = _reporter()
             result = Applier(ws, planned.state, planned.refreshed, parallelism=parallelism, reporter=reporter).run(p)
             _report_result(result, p, out)
@@ -253,22 +256,24 @@ def _apply_like(
         ws.close()
 
 
-def _remember_adopted(planned: Any) -> bool:
+def _remember_adopted(ws: Any, planned: Any) -> bool:
     """Record in the state the remote samples the plan matched to declared ones although no uid
     linked them (a vendor without uids, and a lost state): from now on they are managed, so
-    undeclaring one removes it. Returns True if the state changed."""
+    undeclaring one removes it. Called once the apply is going ahead. True if the state changed."""
+    from reconciler.engine import capabilities
     from reconciler.plan import adopted_samples
     from reconciler.state import ModelState
 
     if planned.resolved is None:
         return False
+    caps_by_provider = capabilities(ws)
     changed = False
     for key, desired in planned.resolved.models.items():
         remote = planned.refreshed.remotes.get(key)
         mstate = planned.state.models.get(key)
         if remote is None or (mstate is not None and mstate.remote_id != remote.remote_id):
             continue
-        found = adopted_samples(desired, remote, mstate)
+        found = adopted_samples(desired, remote, mstate, caps_by_provider[desired.provider])
         if not found:
             continue
         if mstate is None:

@@ -143,10 +143,14 @@ def _check_fresh(ws: Workspace, plan: Plan, progress) -> Planned:
         )
     resolved: Resolved | None = None
     unverified: tuple[str, ...] = ()
+    each: dict[str, Resolved] = {}  # when the whole spec does not resolve: the models that still do
     try:
         resolved = resolve_spec(ws, plan.targets, progress)
     except UserError as exc:
         unverified = tuple(exc.lines)
+        for key in plan.targets or tuple(ws.spec.models):
+            with contextlib.suppress(UserError):
+                each[key] = resolve_spec(ws, (key,))
     all_ids = {k: (ws.spec.provider_for(k)[0], m.title or k) for k, m in ws.spec.models.items()}
     refreshed = refresh(ws, all_ids, state, plan.targets)
     for key, fingerprint in plan.fingerprints.items():
@@ -154,12 +158,17 @@ def _check_fresh(ws: Workspace, plan: Plan, progress) -> Planned:
         now = remote.fingerprint() if remote else "absent"
         if now != fingerprint:
             raise StaleStateError(f"stale plan: remote model '{key}' changed since the plan was made; run plan again")
+    recorded = plan.source_digests
     if resolved is not None:
         digests = LockDigests(resolved)
-        recorded = plan.source_digests
         changed = sorted(k for k in set(digests) | set(recorded) if digests.get(k) != recorded.get(k))
         if changed:
             raise StaleStateError(*_source_changes(ws, plan, changed, resolved, refreshed, state))
+    # A source that cannot be read now (its upload will fail and name it) must not hide a
+    # change in another model: each model that still resolves is checked on its own.
+    for key, part in sorted(each.items()):
+        if LockDigests(part).get(key) != recorded.get(key):
+            raise StaleStateError(*_source_changes(ws, plan, [key], part, refreshed, state))
     return Planned(plan, resolved, state, refreshed, unverified)
 
 
@@ -212,7 +221,9 @@ def _changed_sources(
     model = resolved.models[key]
     by_source = {s.source: s for s in model.samples.values()}
     current = resolved.sources.get(key, {})
-    locked_sources = locked.get("sources", {}) if isinstance(locked, dict) else None
+    locked_sources = locked.get("sources") if isinstance(locked, dict) else None
+    if not isinstance(locked_sources, dict):  # no lock, or a hand-edited one: name without it
+        locked_sources = None
     out: list[tuple[str, str]] = []
     for source, (digest, _size) in sorted(current.items()):
         if source in uploads:

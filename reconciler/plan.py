@@ -219,29 +219,26 @@ def with_state_uids(remote: RemoteModel, mstate: ModelState | None) -> list[Remo
 
 
 def adopted_samples(
-    desired: DesiredModel, remote: RemoteModel | None, mstate: ModelState | None
+    desired: DesiredModel, remote: RemoteModel | None, mstate: ModelState | None, capabilities: frozenset[str]
 ) -> dict[str, RemoteSample]:
-    """uid -> the remote sample with no known uid that *is* that declared sample: same class and
-    the same bytes, by the digest the vendor reports or the URL it fetched the image from.
+    """uid -> the remote sample with no known uid that *is* that declared sample: the same class
+    and the same bytes, by the digest the vendor's listing reports.
 
-    Vendors that keep no uid (Autogon, Scenario) are linked to uids by the state file alone; a
-    lost or never-shared state (a fresh CI checkout) would otherwise see every image as foreign
-    and upload it again. Matching is one to one and deterministic (uids in sorted order)."""
-    if remote is None:
+    Only for vendors that keep no uid (Autogon, Scenario): the state file alone links their
+    images to uids, and a lost or never-shared state (a fresh CI checkout) would otherwise see
+    every image as foreign and upload it again. Where the vendor keeps uids, a uid-less sample
+    is someone else's and stays foreign. A URL alone is not enough: the bytes behind it may have
+    changed since the image was fetched. Matching is one to one and deterministic."""
+    if remote is None or caps.CAP_SAMPLE_UIDS in capabilities:
         return {}
     return _match_foreign(desired, with_state_uids(remote, mstate))
 
 
 def _match_foreign(desired: DesiredModel, samples: list[RemoteSample]) -> dict[str, RemoteSample]:
-    foreign = [s for s in samples if s.uid is None]
-    if not foreign:  # the common case (vendors that keep uids, or a state that knows them): no cost
-        return {}
-    candidates: dict[tuple[str, str, str], list[RemoteSample]] = {}
-    for s in foreign:
-        if s.digest:
-            candidates.setdefault((s.class_name, "digest", s.digest), []).append(s)
-        if s.url:
-            candidates.setdefault((s.class_name, "url", s.url), []).append(s)
+    candidates: dict[tuple[str, str], list[RemoteSample]] = {}
+    for s in samples:
+        if s.uid is None and s.digest:
+            candidates.setdefault((s.class_name, s.digest), []).append(s)
     if not candidates:
         return {}
     known = {s.uid for s in samples if s.uid is not None}
@@ -251,10 +248,7 @@ def _match_foreign(desired: DesiredModel, samples: list[RemoteSample]) -> dict[s
         if uid in known:
             continue
         want = desired.samples[uid]
-        keys = [(want.class_name, "digest", want.digest)]
-        if want.url:
-            keys.append((want.class_name, "url", want.url))
-        match = next((s for k in keys for s in candidates.get(k, ()) if s.remote_id not in taken), None)
+        match = next((s for s in candidates.get((want.class_name, want.digest), ()) if s.remote_id not in taken), None)
         if match is not None:
             out[uid] = match
             taken.add(match.remote_id)
@@ -386,7 +380,7 @@ def plan_model(
         remote_classes: dict[str, str] = {}
     else:
         remote_samples = with_state_uids(remote, mstate)
-        adopted = _match_foreign(desired, remote_samples)
+        adopted = {} if caps.CAP_SAMPLE_UIDS in capabilities else _match_foreign(desired, remote_samples)
         if adopted:
             by_remote_id = {s.remote_id: uid for uid, s in adopted.items()}
             remote_samples = [

@@ -26,6 +26,7 @@ from reconciler.providers.base import (
     CAP_DELETE_CLASS,
     CAP_DELETE_SAMPLE,
     CAP_MODELS,
+    CAP_SAMPLE_UIDS,
     CAP_TRAIN,
     CAP_UPLOAD_BYTES,
 )
@@ -160,26 +161,24 @@ def test_foreign_samples_are_left_alone_unless_prune_all():
 
 
 def test_a_uid_less_remote_sample_with_the_declared_class_and_bytes_is_adopted_not_copied():
-    """A vendor without uids and a lost state: same class and digest (or URL) is the declared
-    sample; another class, or a second copy, is not; each remote sample is adopted once."""
+    """A vendor without uids and a lost state: the same class and reported digest is the declared
+    sample; another class, a URL alone, or a second copy is not; each remote sample is adopted
+    once. Where the vendor keeps uids, a uid-less sample is someone else's and stays foreign."""
     model = desired(A, B, C)
     remote = remote_of(model)
     remote.samples = [dataclasses.replace(s, uid=None) for s in remote.samples]
     assert ops_of(model, remote) == []
+    assert ("upload_sample", "circle", A.uid) in ops_of(model, remote, caps=CAPS | {CAP_SAMPLE_UIDS})
     moved = [dataclasses.replace(s, class_name="square") if s.digest == A.digest else s for s in remote.samples]
     remote.samples = moved
     assert ("upload_sample", "circle", A.uid) in ops_of(model, remote)
     by_url = dataclasses.replace(C, url="https://example.com/c.png", source="https://example.com/c.png")
     url_model = desired(A, B, by_url)
     remote = remote_of(url_model)
-    remote.samples = [
-        dataclasses.replace(s, uid=None, digest=None, url=by_url.url if s.uid == by_url.uid else None)
-        for s in remote.samples
-    ]
-    assert [o for o in ops_of(url_model, remote) if o[0] == "upload_sample"] == [
-        ("upload_sample", "circle", A.uid),
-        ("upload_sample", "circle", B.uid),
-    ]
+    remote.samples = [dataclasses.replace(s, uid=None, digest=None, url=by_url.url) for s in remote.samples]
+    assert sorted(o for o in ops_of(url_model, remote) if o[0] == "upload_sample") == sorted(
+        ("upload_sample", s.class_name, s.uid) for s in (A, B, by_url)
+    )  # the bytes behind a URL may have changed since it was fetched
     twice = remote_of(desired(A))
     (only,) = twice.samples
     twice.samples = [dataclasses.replace(only, uid=None), dataclasses.replace(only, uid=None, remote_id="copy")]

@@ -213,3 +213,38 @@ def test_plan_json_and_the_plan_file_record_the_same_source_digests(project: Pat
     assert json.loads(save_plan(project).read_text())["meta"]["source_digests"] == recorded
     make_png(project / "data" / "circle" / "late.png", "circle", seed=7, size=64)
     assert run_cli(project, "plan", "--json").json()["meta"]["source_digests"] != recorded
+
+
+def test_an_unreadable_source_in_one_model_does_not_hide_a_change_in_another(project: Path):
+    """Model b's only source becomes unreadable, and model a's sources change back to what the
+    plan would delete: the saved plan is refused for a (checked on its own), nothing is sent."""
+    (project / "modelsync.yaml").write_text(
+        "version: 1\n"
+        "models:\n"
+        "  a:\n"
+        "    training: {auto: false}\n"
+        "    classes:\n"
+        "      circle:\n"
+        "        samples: [data/circle/*.png]\n"
+        "  b:\n"
+        "    training: {auto: false}\n"
+        "    classes:\n"
+        "      square:\n"
+        "        samples: [data/square/square-00.png]\n"
+    )
+    assert run_cli(project, "apply", "--auto-approve").code == 0
+    removed = project / "data" / "circle" / "circle-00.png"
+    kept = removed.read_bytes()
+    removed.unlink()
+    planfile = save_plan(project)  # deletes a's circle-00 sample
+    removed.write_bytes(kept)  # ...which is declared again
+    victim = project / "data" / "square" / "square-00.png"
+    victim.unlink()
+    loop = victim.with_name("square-00.png.loop")  # unreadable for root too (ELOOP)
+    os.symlink(loop.name, victim)
+    os.symlink(victim.name, loop)
+    before = local_samples(project, title="a")
+    r = run_cli(project, "apply", str(planfile))
+    assert r.code == 1, r.out + r.err
+    assert any(line.startswith("Error: stale plan: a: ") for line in r.err.splitlines()), r.err
+    assert local_samples(project, title="a") == before

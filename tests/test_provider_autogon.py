@@ -265,7 +265,7 @@ def test_a_lost_state_adopts_the_uploaded_images_instead_of_copying_them(
     scenes_dir = tmp_path / "scenes"
     scenes_dir.mkdir()
     base = static_files(scenes_dir)
-    for i in range(6):
+    for i in range(7):
         (scenes_dir / f"s{i}.png").write_bytes(scene(rng)[0])
     monkeypatch.setenv("AUTOGON_TEST_KEY", KEY_A)
     project = tmp_path / "proj"
@@ -298,18 +298,23 @@ def test_a_lost_state_adopts_the_uploaded_images_instead_of_copying_them(
     uploaded = {s.remote_id for s in remote_images()}
     assert len(uploaded) == 6
 
-    (project / ".modelsync" / "state.json").unlink()
+    state_file = project / ".modelsync" / "state.json"
+    state_file.unlink()
     r = run_cli(project, "plan", "--detailed-exitcode")
     assert r.code == 0, r.out + r.err  # nothing to upload: the six images are the declared ones
+    write_spec(7)
+    r = run_cli(project, "apply")  # stdin is not a terminal: refused, and nothing recorded either
+    assert r.code == 1 and not state_file.exists(), r.out + r.err
     r = run_cli(project, "apply", "--auto-approve")
     assert r.code == 0, r.err
-    assert {s.remote_id for s in remote_images()} == uploaded  # no second copy
-    state = json.loads((project / ".modelsync" / "state.json").read_text())
-    recorded = state["models"]["boxes"]["samples"]
-    assert {v["remote_id"] for v in recorded.values()} == uploaded
+    assert "1 samples uploaded" in r.out, r.out  # s6 only: no second copy of the six
+    now = {s.remote_id for s in remote_images()}
+    assert len(now) == 7 and uploaded < now
+    recorded = json.loads(state_file.read_text())["models"]["boxes"]["samples"]
+    assert {v["remote_id"] for v in recorded.values()} == now
 
-    write_spec(5)  # s5 undeclared: it is modelsync's again, so it goes
+    write_spec(5)  # s5 and s6 undeclared: both are modelsync's, so both go
     r = run_cli(project, "apply", "--auto-approve")
     assert r.code == 0, r.err
     left = remote_images()
-    assert len(left) == 5 and f"{base}/s5.png" not in {s.url for s in left}
+    assert len(left) == 5 and not {f"{base}/s5.png", f"{base}/s6.png"} & {s.url for s in left}

@@ -84,6 +84,7 @@ class AsticaProvider(Provider):
             caps.CAP_DELETE_SAMPLE,
             caps.CAP_TRAIN,
             caps.CAP_PREDICT,
+            caps.CAP_SAMPLE_UIDS,
         }
     )
     default_rate_limit = 90
@@ -102,7 +103,6 @@ class AsticaProvider(Provider):
         per_endpoint, total = self.rate_limits()
         # URL samples are passed to astica to fetch, unless `send_urls: false` (then their bytes are sent).
         self.send_urls = bool(opts.get("send_urls", True))
-        self._last_listing: list[dict[str, Any]] | None = None
         self.http = HttpClient(
             self.train_url,
             vendor="astica",
@@ -143,9 +143,7 @@ class AsticaProvider(Provider):
     def _list(self) -> list[dict[str, Any]]:
         data = self._call("/model/list", "list models", {}) or {}
         entries = data.get("dataset_list") or []
-        listing = [e for e in entries if isinstance(e, dict)]
-        self._last_listing = listing
-        return listing
+        return [e for e in entries if isinstance(e, dict)]
 
     def _entry(self, remote_id: str) -> dict[str, Any]:
         for e in self._list():
@@ -219,11 +217,10 @@ class AsticaProvider(Provider):
         return [e for e in self._list() if e.get("title") == title]
 
     def create_model(self, title: str, type: str, purpose: str, tags: tuple[str, ...]) -> str:
-        # astica's create answers no id: the new model is the one titled `title` that the last
-        # listing (usually the plan's refresh, one request ago) did not hold. A same-titled model
-        # made by someone else in between shows up as a second new id: an error, never a guess.
-        seen = self._last_listing if self._last_listing is not None else self._list()
-        before = {str(e.get("id")) for e in seen if e.get("title") == title}
+        # astica's create answers no id: the new model is the one titled `title` that a listing
+        # taken just before did not hold. (Not the plan's own listing: an interactive apply may
+        # wait minutes for its "yes", and a model created meanwhile must not pass for ours.)
+        before = {str(e.get("id")) for e in self._find_by_title(title)}
         body = {"dataset_title": title, "dataset_type": type, "dataset_purpose": purpose}
         body["dataset_tags"] = ",".join(tags)
         self._call("/model/create", "create model", body, landed=lambda: bool(self._new_ids(title, before)))

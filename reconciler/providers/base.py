@@ -43,6 +43,7 @@ CAP_STOP = "stop_training"
 CAP_VERSIONS = "versions"  # the vendor lists versions itself
 CAP_PREDICT = "predict"
 CAP_INFER = "infer"  # asynchronous batch inference
+CAP_SAMPLE_UIDS = "sample_uids"  # the vendor stores each sample's uid (else only the state links them)
 
 
 class ProviderError(Exception):

@@ -105,6 +105,7 @@ class LocalProvider(Provider):
             caps.CAP_VERSIONS,
             caps.CAP_PREDICT,
             caps.CAP_INFER,
+            caps.CAP_SAMPLE_UIDS,
         }
     )
 
