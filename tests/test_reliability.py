@@ -154,6 +154,7 @@ def kill_anywhere(root: Path, files, provider: str, training: str, env: dict, re
                                 capture_output=True, text=True)
         assert switch.returncode == 0, switch.stderr
         full = time.monotonic() - t0
+    window = full  # shrinks when applies end before their kill (a loaded CI machine speeds up)
     killed = 0
     for trial in range(1, TRIALS + 1):
         before = variant(files, trial - 1)
@@ -164,9 +165,10 @@ def kill_anywhere(root: Path, files, provider: str, training: str, env: dict, re
             assert r.returncode == 0, r.stderr
             before = {}
         proc = spawn_apply(root, env, "--parallelism", "4")
-        delay = rng.uniform(0.2, 1.1) * full
+        delay = rng.uniform(0.2, 1.1) * window
         try:
             proc.wait(timeout=delay)
+            window = max(0.3 * full, 0.7 * window)  # it ended first: the machine is faster now
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             killed += 1
