@@ -210,6 +210,17 @@ def test_prediction_from_answer():
     assert prediction_from("cls", [{"lbl": "cat", "conf": 0.7, "bbx": None}]).boxes == ()
 
 
+def write_boxes_spec(project: Path, base_url: str, settings: str, samples: str) -> None:
+    """A spec with one Autogon model `boxes` (class square), its key read from AUTOGON_TEST_KEY."""
+    (project / "modelsync.yaml").write_text(
+        "version: 1\n"
+        "providers:\n"
+        f"  aug: {{type: autogon, api_key: '${{env:AUTOGON_TEST_KEY}}', base_url: '{base_url}'}}\n"
+        "models:\n"
+        "  boxes:\n" + settings + "    classes:\n      square:\n        samples:\n" + samples
+    )
+
+
 def test_plan_apply_converges_through_the_cli(serve_thread, static_files, tmp_path, monkeypatch):
     """The reconciler over this provider: apply detection samples with boxes by URL, then an empty
     plan (Autogon keeps no uid: they come back through the state), then predict."""
@@ -227,17 +238,7 @@ def test_plan_apply_converges_through_the_cli(serve_thread, static_files, tmp_pa
     monkeypatch.setenv("AUTOGON_TEST_KEY", KEY_A)
     project = tmp_path / "proj"
     project.mkdir()
-    (project / "modelsync.yaml").write_text(
-        "version: 1\n"
-        "providers:\n"
-        f"  aug: {{type: autogon, api_key: '${{env:AUTOGON_TEST_KEY}}', base_url: '{server.base_url}'}}\n"
-        "models:\n"
-        "  boxes:\n"
-        "    purpose: detection\n"
-        "    classes:\n"
-        "      square:\n"
-        "        samples:\n" + "".join(lines)
-    )
+    write_boxes_spec(project, server.base_url, "    purpose: detection\n", "".join(lines))
     r = run_cli(project, "apply", "--auto-approve")
     assert r.code == 0, r.err
     assert "10 samples uploaded" in r.out and "boxes trained as version" in r.out
@@ -272,18 +273,9 @@ def test_a_lost_state_adopts_the_uploaded_images_instead_of_copying_them(
     project.mkdir()
 
     def write_spec(count: int) -> None:
-        (project / "modelsync.yaml").write_text(
-            "version: 1\n"
-            "providers:\n"
-            f"  aug: {{type: autogon, api_key: '${{env:AUTOGON_TEST_KEY}}', base_url: '{server.base_url}'}}\n"
-            "models:\n"
-            "  boxes:\n"
-            "    purpose: classification\n"
-            "    training: {auto: false}\n"
-            "    classes:\n"
-            "      square:\n"
-            "        samples:\n" + "".join(f"          - url: {base}/s{i}.png\n" for i in range(count))
-        )
+        samples = "".join(f"          - url: {base}/s{i}.png\n" for i in range(count))
+        settings = "    purpose: classification\n    training: {auto: false}\n"
+        write_boxes_spec(project, server.base_url, settings, samples)
 
     def remote_images() -> list[RemoteSample]:
         p = provider(server.base_url)
