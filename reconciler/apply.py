@@ -12,16 +12,17 @@ import hashlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.model import Box, RemoteSample, TrainRequest, UploadItem
-from reconciler.plan import OP_ORDER, Operation, Plan
+from reconciler.model import Box, RemoteModel, RemoteSample, TrainRequest, UploadItem
+from reconciler.plan import OP_ORDER, Operation, Plan, adopted_samples
 from reconciler.providers.base import ProviderError
 from reconciler.refresh import Refreshed
+from reconciler.resolve import Resolved
 from reconciler.sources import is_url
 from reconciler.state import ModelState, State, save_state
 from reconciler.workspace import Workspace
@@ -64,6 +65,36 @@ def remember_lifecycle(state: State, spec: Any) -> bool:
         if model is not None and mstate.prevent_destroy != model.lifecycle.prevent_destroy:
             mstate.prevent_destroy = model.lifecycle.prevent_destroy
             changed = True
+    return changed
+
+
+def remember_adopted(
+    state: State,
+    resolved: Resolved | None,
+    remotes: Mapping[str, RemoteModel | None],
+    caps_by_provider: Mapping[str, frozenset[str]],
+) -> bool:
+    """Record in the state the remote samples the plan matched to declared ones although no uid
+    linked them (a vendor without uids, and a lost state): from now on they are managed, so
+    undeclaring one removes it. Call it once the apply is going ahead. True if anything changed."""
+    if resolved is None:
+        return False
+    changed = False
+    for key, desired in resolved.models.items():
+        remote = remotes.get(key)
+        mstate = state.models.get(key)
+        if remote is None or (mstate is not None and mstate.remote_id != remote.remote_id):
+            continue
+        found = adopted_samples(desired, remote, mstate, caps_by_provider[desired.provider])
+        if not found:
+            continue
+        if mstate is None:
+            mstate = ModelState(desired.provider, desired.provider_type, desired.title, remote.remote_id)
+            state.models[key] = mstate
+        for uid, sample in found.items():
+            digest = desired.samples[uid].digest
+            mstate.samples[uid] = {"class": sample.class_name, "digest": digest, "remote_id": sample.remote_id}
+        changed = True
     return changed
 
 

@@ -257,33 +257,10 @@ def _apply_like(
 
 
 def _remember_adopted(ws: Any, planned: Any) -> bool:
-    """Record in the state the remote samples the plan matched to declared ones although no uid
-    linked them (a vendor without uids, and a lost state): from now on they are managed, so
-    undeclaring one removes it. Called once the apply is going ahead. True if the state changed."""
+    from reconciler.apply import remember_adopted
     from reconciler.engine import capabilities
-    from reconciler.plan import adopted_samples
-    from reconciler.state import ModelState
 
-    if planned.resolved is None:
-        return False
-    caps_by_provider = capabilities(ws)
-    changed = False
-    for key, desired in planned.resolved.models.items():
-        remote = planned.refreshed.remotes.get(key)
-        mstate = planned.state.models.get(key)
-        if remote is None or (mstate is not None and mstate.remote_id != remote.remote_id):
-            continue
-        found = adopted_samples(desired, remote, mstate, caps_by_provider[desired.provider])
-        if not found:
-            continue
-        if mstate is None:
-            mstate = ModelState(desired.provider, desired.provider_type, desired.title, remote.remote_id)
-            planned.state.models[key] = mstate
-        for uid, sample in found.items():
-            entry = {"class": sample.class_name, "digest": desired.samples[uid].digest}
-            mstate.samples[uid] = {**entry, "remote_id": sample.remote_id}
-        changed = True
-    return changed
+    return remember_adopted(planned.state, planned.resolved, planned.refreshed.remotes, capabilities(ws))
 
 
 def _pin_sources(ws: Any, planned: Any) -> None:
