@@ -229,12 +229,17 @@ def adopted_samples(
     every image as foreign and upload it again. Where the vendor keeps uids, a uid-less sample
     is someone else's and stays foreign. A URL alone is not enough: the bytes behind it may have
     changed since the image was fetched. Matching is one to one and deterministic."""
-    if remote is None or caps.CAP_SAMPLE_UIDS in capabilities:
+    if remote is None:
         return {}
-    return _match_foreign(desired, with_state_uids(remote, mstate))
+    return _match_foreign(desired, with_state_uids(remote, mstate), capabilities)
 
 
-def _match_foreign(desired: DesiredModel, samples: list[RemoteSample]) -> dict[str, RemoteSample]:
+def _match_foreign(
+    desired: DesiredModel, samples: list[RemoteSample], capabilities: frozenset[str]
+) -> dict[str, RemoteSample]:
+    """adopted_samples over remote samples whose state uids are already filled in."""
+    if caps.CAP_SAMPLE_UIDS in capabilities:
+        return {}
     candidates: dict[tuple[str, str], list[RemoteSample]] = {}
     for s in samples:
         if s.uid is None and s.digest:
@@ -380,7 +385,7 @@ def plan_model(
         remote_classes: dict[str, str] = {}
     else:
         remote_samples = with_state_uids(remote, mstate)
-        adopted = {} if caps.CAP_SAMPLE_UIDS in capabilities else _match_foreign(desired, remote_samples)
+        adopted = _match_foreign(desired, remote_samples, capabilities)
         if adopted:
             by_remote_id = {s.remote_id: uid for uid, s in adopted.items()}
             remote_samples = [
