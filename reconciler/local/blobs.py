@@ -116,13 +116,6 @@ class BlobStore:
         with self.db.read():
             return [self.get(d) for d in digests]
 
-    def exists(self, digest: str) -> bool:
-        path = self.path(digest)
-        with self.db.read() as c:
-            if c.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone():
-                return True
-        return path.is_file()
-
     def collect_garbage(self, referenced: Iterable[str], *, older_than: float = 3600.0) -> int:
         """Remove blobs not in ``referenced`` and older than ``older_than`` seconds (the grace
         period covers a writer that stored its blob but has not committed its row yet)."""
