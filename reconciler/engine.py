@@ -12,9 +12,11 @@ from reconciler.errors import StaleStateError, UserError
 from reconciler.lockfile import LockDigests, check_locked, read_lock
 from reconciler.model import RemoteModel, derived_uid
 from reconciler.plan import Plan, build_plan, planned_samples
-from reconciler.refresh import Refreshed, identities, refresh
+from reconciler.refresh import Refreshed, refresh
 from reconciler.resolve import Resolved, resolve
+from reconciler.sources import Walker
 from reconciler.state import ModelState, State, load_state
+from reconciler.walkahead import WalkAhead, spec_directories
 from reconciler.workspace import Workspace
 
 
@@ -53,11 +55,11 @@ def capabilities(ws: Workspace) -> dict[str, frozenset[str]]:
     return {name: provider_class(p.type).capabilities for name, p in ws.spec.providers.items()}
 
 
-def resolve_spec(ws: Workspace, targets: tuple[str, ...] = (), progress=None) -> Resolved:
+def resolve_spec(ws: Workspace, targets: tuple[str, ...] = (), progress=None, walk: Walker | None = None) -> Resolved:
     from specs import SpecError
 
     try:
-        return resolve(ws.spec, ws.project_dir, targets=targets, progress=progress)
+        return resolve(ws.spec, ws.project_dir, targets=targets, progress=progress, walk=walk)
     except SpecError as exc:
         raise UserError(*(str(d) for d in exc.diagnostics)) from None
 
@@ -96,15 +98,20 @@ def compute_plan(
 
 def _compute_plan(ws: Workspace, targets: tuple[str, ...], *, locked: bool, destroy: bool, progress) -> Planned:
     check_spec(ws, targets)
-    resolved = resolve_spec(ws, targets, progress)
+    # The directories are walked in a second process (see walkahead) while the state is read,
+    # and the remote too when reading it sends nothing. The spec's own errors (a source that
+    # does not resolve, a lock mismatch) still come first.
+    with WalkAhead(spec_directories(ws.spec, targets)) as walk:
+        state = load_state(ws.project_dir)
+        early = _refresh_early(ws, state, targets)
+        resolved = resolve_spec(ws, targets, progress, walk)
     if locked:
         problems = check_locked(ws.project_dir, resolved)
         if problems:
             raise UserError(*problems)
-    state = load_state(ws.project_dir)
-    all_ids = {k: (ws.spec.provider_for(k)[0], m.title or k) for k, m in ws.spec.models.items()}
-    all_ids.update(identities(resolved.models))
-    refreshed = refresh(ws, all_ids, state, targets)
+    if isinstance(early, UserError):
+        raise early
+    refreshed = early or _refresh_spec(ws, state, targets)
     plan = build_plan(
         resolved.models,
         refreshed.remotes,
@@ -117,6 +124,27 @@ def _compute_plan(ws: Workspace, targets: tuple[str, ...], *, locked: bool, dest
     plan.spec_digest = ws.spec_digest()
     plan.source_digests = LockDigests(resolved)  # computed only if the plan is saved or printed as JSON
     return Planned(plan, resolved, state, refreshed)
+
+
+def _refresh_spec(ws: Workspace, state: State, targets: tuple[str, ...]) -> Refreshed:
+    """Refresh every model the spec declares; the identities come from the spec alone, so this
+    needs no resolved sources."""
+    ids = {k: (ws.spec.provider_for(k)[0], m.title or k) for k, m in ws.spec.models.items()}
+    return refresh(ws, ids, state, targets)
+
+
+def _refresh_early(ws: Workspace, state: State, targets: tuple[str, ...]) -> Refreshed | UserError | None:
+    """The refresh, run before the sources are resolved when that sends nothing off the machine
+    (every provider of the spec reads locally: Provider.reads_locally), else None. A failure is
+    returned, for the caller to raise after the spec's own errors."""
+    from reconciler.providers import provider_class
+
+    if not all(provider_class(p.type).reads_locally for p in ws.spec.providers.values()):
+        return None  # a vendor: a spec whose sources do not resolve must send nothing
+    try:
+        return _refresh_spec(ws, state, targets)
+    except UserError as exc:
+        return exc
 
 
 def check_fresh(ws: Workspace, plan: Plan, progress=None) -> Planned:
@@ -144,15 +172,18 @@ def _check_fresh(ws: Workspace, plan: Plan, progress) -> Planned:
     resolved: Resolved | None = None
     unverified: tuple[str, ...] = ()
     each: dict[str, Resolved] = {}  # when the whole spec does not resolve: the models that still do
-    try:
-        resolved = resolve_spec(ws, plan.targets, progress)
-    except UserError as exc:
-        unverified = tuple(exc.lines)
-        for key in plan.targets or tuple(ws.spec.models):
-            with contextlib.suppress(UserError):
-                each[key] = resolve_spec(ws, (key,))
-    all_ids = {k: (ws.spec.provider_for(k)[0], m.title or k) for k, m in ws.spec.models.items()}
-    refreshed = refresh(ws, all_ids, state, plan.targets)
+    with WalkAhead(spec_directories(ws.spec, plan.targets)) as walk:
+        early = _refresh_early(ws, state, plan.targets)
+        try:
+            resolved = resolve_spec(ws, plan.targets, progress, walk)
+        except UserError as exc:
+            unverified = tuple(exc.lines)
+            for key in plan.targets or tuple(ws.spec.models):
+                with contextlib.suppress(UserError):
+                    each[key] = resolve_spec(ws, (key,))
+    if isinstance(early, UserError):
+        raise early
+    refreshed = early or _refresh_spec(ws, state, plan.targets)
     for key, fingerprint in plan.fingerprints.items():
         remote = refreshed.remotes.get(key) or refreshed.orphans.get(key)
         now = remote.fingerprint() if remote else "absent"

@@ -349,6 +349,9 @@ class Hasher:
         self._to_hash = 0
 
     def __enter__(self) -> Hasher:
+        # The cache is read now, not at the first add: a plan enters while a directory is still
+        # being walked ahead (reconciler.walkahead), so the read costs no wall time.
+        self._cache = HashCache(self.cache_path)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -410,13 +413,14 @@ class Hasher:
                 _fill(batch.out, batch.missing, digests)
         finally:
             self.close()
-        cache = self._cache
+        cache, self._cache = self._cache, None  # let go of it: 25 MB at 100k files, and a plan goes on
         if cache is not None:
             for batch, _ in self._batches:
                 cache.record(batch)
             cache.prune()
             cache.save()
-        return [(batch.out, batch.errors) for batch, _ in self._batches]
+        batches, self._batches = self._batches, []
+        return [(batch.out, batch.errors) for batch, _ in batches]
 
 
 def _fill(out: list[str | None], positions: list[int], values: list[str | None]) -> None:

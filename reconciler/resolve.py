@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import repeat
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from reconciler.fetch import FetchError, UrlCache
 from reconciler.hashing import Hasher, StatColumns
 from reconciler.model import Box, DesiredModel, DesiredSample, TrainingSettings, derived_uid
-from reconciler.sources import SourceError, SourceItem, expand
+from reconciler.sources import Items, SourceError, Walker, expand
 
 SpecPath = tuple[str | int, ...]
 
@@ -47,28 +47,6 @@ class Resolved:
         return out
 
 
-class _Items(NamedTuple):
-    """The items a source expanded to, column-wise: SourceItem's fields in its order, one list
-    each. Made by one transpose in C (``zip(*items)``): at 100k items, 4x faster than a
-    comprehension per field (measured), and the stat columns go to the hash cache as they are."""
-
-    display: list[str]
-    path: list[str | None]
-    url: list[str | None]
-    size: list[int]  # -1: not stat-ed by the expansion (URLs, single files, globs) or not stat-able
-    mtime_ns: list[int]
-    inode: list[int]
-
-    @classmethod
-    def of(cls, items: list[SourceItem]) -> _Items:
-        if not items:
-            return cls([], [], [], [], [], [])
-        return cls._make(list(column) for column in zip(*items, strict=True))
-
-
-assert _Items._fields == SourceItem._fields  # the transpose above relies on it
-
-
 @dataclass(slots=True)
 class _Entry:
     """One spec entry (a source string or mapping) and the items it expanded to.
@@ -83,7 +61,7 @@ class _Entry:
     uid: str | None
     caption: str | None
     boxes: tuple[Box, ...]
-    items: _Items
+    items: Items
     digests: list[str | None] = field(default_factory=list)  # parallel to items; None: unresolved
 
     @property
@@ -91,10 +69,13 @@ class _Entry:
         return bool(self.items.url) and self.items.url[0] is not None
 
 
-def resolve(spec: Any, workdir: Path, *, targets: Iterable[str] = (), progress=None) -> Resolved:
-    """Resolve ``spec`` (a loaded specs.Spec). Raises specs.SpecError listing every bad source."""
+def resolve(
+    spec: Any, workdir: Path, *, targets: Iterable[str] = (), progress=None, walk: Walker | None = None
+) -> Resolved:
+    """Resolve ``spec`` (a loaded specs.Spec). Raises specs.SpecError listing every bad source.
+    ``walk`` lists directory sources (default: sources.walk_images)."""
     with _gc_paused():
-        return _resolve(spec, workdir, set(targets), progress)
+        return _resolve(spec, workdir, set(targets), progress, walk)
 
 
 @contextlib.contextmanager
@@ -111,7 +92,7 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _resolve(spec: Any, workdir: Path, wanted: set[str], progress) -> Resolved:
+def _resolve(spec: Any, workdir: Path, wanted: set[str], progress, walk: Walker | None) -> Resolved:
     from specs import SpecError
 
     base_dir = spec.base_dir
@@ -124,7 +105,7 @@ def _resolve(spec: Any, workdir: Path, wanted: set[str], progress) -> Resolved:
     with Hasher(cache_dir / "hashes.json") as hasher:
         for key, class_name, entry, spec_path in declared_sources(spec, wanted):
             try:
-                e = _expand_entry(key, class_name, entry, spec_path, base_dir)
+                e = _expand_entry(key, class_name, entry, spec_path, base_dir, walk)
             except SourceError as exc:
                 diagnostics.append(spec.diagnostic(spec_path, str(exc)))
                 continue
@@ -170,23 +151,27 @@ def _resolve(spec: Any, workdir: Path, wanted: set[str], progress) -> Resolved:
     return resolved
 
 
-def _expand_entry(key: str, class_name: str, entry: Any, spec_path: SpecPath, base_dir: Path) -> _Entry:
-    items, boxes = _expand_source(class_name, entry, base_dir)
+def _expand_entry(
+    key: str, class_name: str, entry: Any, spec_path: SpecPath, base_dir: Path, walk: Walker | None
+) -> _Entry:
+    items, boxes = _expand_source(class_name, entry, base_dir, walk)
     if isinstance(entry, str):
-        return _Entry(key, class_name, spec_path, None, None, boxes, _Items.of(items))
-    return _Entry(key, class_name, spec_path, entry.uid, entry.caption, boxes, _Items.of(items))
+        return _Entry(key, class_name, spec_path, None, None, boxes, items)
+    return _Entry(key, class_name, spec_path, entry.uid, entry.caption, boxes, items)
 
 
-def _expand_source(class_name: str, entry: Any, base_dir: Path) -> tuple[list[SourceItem], tuple[Box, ...]]:
+def _expand_source(
+    class_name: str, entry: Any, base_dir: Path, walk: Walker | None = None
+) -> tuple[Items, tuple[Box, ...]]:
     """The items one spec entry (a source string or mapping) names, and its boxes; SourceError
     if it names nothing usable."""
     if isinstance(entry, str):
-        return expand(entry, base_dir), ()
+        return expand(entry, base_dir, walk=walk), ()
     text = entry.path if entry.path is not None else entry.url
-    items = expand(text, base_dir, single=entry.uid is not None)
+    items = expand(text, base_dir, single=entry.uid is not None, walk=walk)
     boxes = tuple(Box(b.label or class_name, b.x, b.y, b.w, b.h) for b in entry.boxes)
-    if boxes and len(items) > 1:
-        raise SourceError(f"boxes belong to one image, but {text} names {len(items)} files")
+    if boxes and len(items.display) > 1:
+        raise SourceError(f"boxes belong to one image, but {text} names {len(items.display)} files")
     return items, boxes
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import stat
+from collections.abc import Callable
 from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple
@@ -26,7 +27,7 @@ class SourceError(Exception):
 
 
 class SourceItem(NamedTuple):
-    """One concrete sample location: a local file or a URL.
+    """One concrete sample location: a local file or a URL; the walk's record of one file.
 
     A tuple, not a dataclass: a directory source makes one per file, and building
     100k frozen dataclasses costs a noticeable share of a no-op plan. ``size`` is -1
@@ -41,6 +42,32 @@ class SourceItem(NamedTuple):
     inode: int = 0
 
 
+class Items(NamedTuple):
+    """The items a source expanded to, column-wise: SourceItem's fields in its order, one list
+    each. Made by one transpose in C (``zip(*items)``): at 100k items, 4x faster than a
+    comprehension per field (measured), and the stat columns go to the hash cache as they are."""
+
+    display: list[str]
+    path: list[str | None]
+    url: list[str | None]
+    size: list[int]  # -1: not stat-ed by the expansion (URLs, single files, globs) or not stat-able
+    mtime_ns: list[int]
+    inode: list[int]
+
+    @classmethod
+    def of(cls, items: list[SourceItem]) -> Items:
+        if not items:
+            return cls([], [], [], [], [], [])
+        return cls._make(list(column) for column in zip(*items, strict=True))
+
+
+assert Items._fields == SourceItem._fields  # the transpose above relies on it
+
+Walker = Callable[[str, str], Items]
+"""(absolute directory, directory as shown) -> the images under it: walk_images, or a walk
+that already ran (reconciler.walkahead)."""
+
+
 def is_url(text: str) -> bool:
     return text.startswith(("http://", "https://"))
 
@@ -49,14 +76,23 @@ def _is_image_name(name: str) -> bool:
     return name.lower().endswith(_IMAGE_SUFFIXES) and not name.startswith(".")
 
 
-def expand(text: str, base_dir: Path, *, single: bool = False) -> list[SourceItem]:
-    """Expand one source. ``single`` (a sample with its own uid) demands exactly one file."""
+def local_text(text: str) -> str:
+    """A local source as a path relative to the spec directory (or absolute): file:// decoded."""
+    return unquote(urlparse(text).path) if text.startswith("file://") else text
+
+
+def is_glob(text: str) -> bool:
+    return any(c in text for c in _GLOB_CHARS)
+
+
+def expand(text: str, base_dir: Path, *, single: bool = False, walk: Walker | None = None) -> Items:
+    """Expand one source. ``single`` (a sample with its own uid) demands exactly one file.
+    ``walk`` lists a directory (default: walk_images)."""
     if is_url(text):
-        return [SourceItem(display=text, url=text)]
-    if text.startswith("file://"):
-        text = unquote(urlparse(text).path)
+        return Items.of([SourceItem(display=text, url=text)])
+    text = local_text(text)
     base = str(base_dir)
-    if any(c in text for c in _GLOB_CHARS):
+    if is_glob(text):
         if single:
             raise SourceError(f"a sample with a uid must name one file, not a glob: {text}")
         matches = sorted(glob.glob(text, root_dir=base, recursive=True))
@@ -67,7 +103,7 @@ def expand(text: str, base_dir: Path, *, single: bool = False) -> list[SourceIte
         ]
         if not items:
             raise SourceError(f"no image files match: {text}")
-        return items
+        return Items.of(items)
     full = os.path.join(base, text)
     try:
         mode = os.stat(full).st_mode
@@ -78,22 +114,22 @@ def expand(text: str, base_dir: Path, *, single: bool = False) -> list[SourceIte
     if stat.S_ISDIR(mode):
         if single:
             raise SourceError(f"a sample with a uid must name one file, not a directory: {text}")
-        items = walk_images(full, text)
-        if not items:
+        found = (walk or walk_images)(full, text)
+        if not found.display:
             raise SourceError(f"no image files in directory: {text}")
-        return items
+        return found
     if stat.S_ISREG(mode):
-        return [SourceItem(display=os.path.normpath(text), path=os.path.normpath(full))]
+        return Items.of([SourceItem(display=os.path.normpath(text), path=os.path.normpath(full))])
     raise SourceError(f"not a regular file: {text}")
 
 
-def walk_images(full: str, shown: str) -> list[SourceItem]:
+def walk_images(full: str, shown: str) -> Items:
     """Every image file under a directory, recursively (hidden entries skipped), sorted by
     relative path, each with its size, mtime_ns and inode."""
     found: list[SourceItem] = []
     _scan(os.path.normpath(full), os.path.normpath(shown), found)
     found.sort(key=itemgetter(0))
-    return found
+    return Items.of(found)
 
 
 def _scan(directory: str, shown: str, found: list[SourceItem]) -> None:

@@ -321,8 +321,12 @@ def test_a_full_disk_during_apply_is_one_clear_line_and_a_rerun_converges(tmp_pa
     project = copy_quickstart(tmp_path / "qs")
     spec = project / "modelsync.yaml"
     spec.write_text(spec.read_text().replace("      auto: true\n", "      auto: false\n"))
-    assert run_cli(project, "plan").code == 0  # the database exists, with room for what it holds
+    assert run_cli(project, "plan").code == 0
     db_file = project / ".modelsync" / "local" / "modelsync.db"
+    assert not db_file.exists()  # a plan creates nothing
+    from reconciler.local.service import LocalService
+
+    LocalService(db_file.parent).close()  # the database exists, with room for what it holds
     assert db_file.is_file()
     full_disk.on()
 

@@ -72,8 +72,11 @@ def test_registry_capabilities_and_data_directory(tmp_path: Path):
                 caps.CAP_INFER):
         assert cap in p.capabilities
     assert not (tmp_path / ".modelsync").exists()  # nothing is created before the first call
-    p.list_models()
+    assert p.list_models() == []
+    assert not (tmp_path / ".modelsync").exists()  # nor by reading: no data directory, no models
+    p.create_model("X", "vision", "classification", ())
     assert (tmp_path / ".modelsync" / "local" / "modelsync.db").is_file()
+    assert [m.title for m in p.list_models()] == ["X"]
     p.close()
 
     q = make_provider(ProviderConfig(name="lab", type="local", workdir=tmp_path, path="store/here"))

@@ -98,6 +98,10 @@ class Provider(ABC):
     default_total_rate_limit: ClassVar[int | None] = None
     # False when batch inference jobs run inside this process (the embedded backend): they end with it.
     jobs_outlive_the_process: ClassVar[bool] = True
+    # True when reading the remote sends nothing off the machine and creates nothing (the embedded
+    # backend): a plan may then read it while the sources are still being resolved, and a spec
+    # whose sources do not resolve has still sent nothing. Vendors are read after resolving.
+    reads_locally: ClassVar[bool] = False
 
     def __init__(self, config: ProviderConfig):
         self.config = config

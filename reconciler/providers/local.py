@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # the service (sqlite, Pillow) is imported on first use only
 
 OWNER = "local"
 DEFAULT_DIR = Path(".modelsync") / "local"
+DB_FILE = "modelsync.db"  # as LocalService names it (not imported: that module loads sqlite and Pillow)
 T = TypeVar("T")
 
 
@@ -122,6 +123,7 @@ class LocalProvider(Provider):
         return []
     default_rate_limit = None
     default_total_rate_limit = None
+    reads_locally = True
     poll_interval = 0.1  # seconds between status polls (apply and infer read it)
 
     def __init__(self, config: ProviderConfig):
@@ -184,6 +186,9 @@ class LocalProvider(Provider):
 
     # -- models ------------------------------------------------------------------------
     def list_models(self) -> list[ModelSummary]:
+        if self._service is None and not (self.root / DB_FILE).exists():
+            with self._op("list models"):  # no data directory yet: no models, and none is created
+                return []
         models = self._call("list models", lambda: self.service.list_models(OWNER))
         return [ModelSummary(str(m.id), m.title, m.num_samples) for m in models]
 
