@@ -496,8 +496,6 @@ def serve(
 def main(argv: list[str] | None = None) -> None:
     import gc
 
-    import click
-
     # A command at scale keeps a few million objects alive until it exits (a 100k-sample plan),
     # and with the default thresholds (700, 10, 10) the cyclic GC walks that growing heap again
     # and again for nothing: none of it is garbage. Freeze what the imports made and collect
@@ -519,7 +517,7 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     err.print(f"[red]Error:[/red] {_escape(line)}")
             sys.exit(1)
-        except (click.exceptions.Abort, typer.Abort):
+        except _abort_types():
             print("Aborted.", file=sys.stderr)
             sys.exit(130)
         except _usage_error_types() as exc:
@@ -548,6 +546,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 _SPEC_POSITION = __import__("re").compile(r"^[^\s:]+:\d+:\d+: ")
+
+
+def _abort_types() -> tuple[type[BaseException], ...]:
+    """click's Abort and typer's own copy (see _usage_error_types). Looked up only when an
+    exception gets this far: importing click costs every command ~5 ms of its start."""
+    import click
+
+    return tuple(dict.fromkeys((click.exceptions.Abort, typer.Abort)))
 
 
 def _usage_error_types() -> tuple[type[Exception], ...]:
