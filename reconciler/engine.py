@@ -109,7 +109,7 @@ def _compute_plan(ws: Workspace, targets: tuple[str, ...], *, locked: bool, dest
         problems = check_locked(ws.project_dir, resolved)
         if problems:
             raise UserError(*problems)
-    if isinstance(early, UserError):
+    if isinstance(early, Exception):
         raise early
     refreshed = early or _refresh_spec(ws, state, targets)
     plan = build_plan(
@@ -133,7 +133,7 @@ def _refresh_spec(ws: Workspace, state: State, targets: tuple[str, ...]) -> Refr
     return refresh(ws, ids, state, targets)
 
 
-def _refresh_early(ws: Workspace, state: State, targets: tuple[str, ...]) -> Refreshed | UserError | None:
+def _refresh_early(ws: Workspace, state: State, targets: tuple[str, ...]) -> Refreshed | Exception | None:
     """The refresh, run before the sources are resolved when that sends nothing off the machine
     (every provider of the spec reads locally: Provider.reads_locally), else None. A failure is
     returned, for the caller to raise after the spec's own errors."""
@@ -143,7 +143,7 @@ def _refresh_early(ws: Workspace, state: State, targets: tuple[str, ...]) -> Ref
         return None  # a vendor: a spec whose sources do not resolve must send nothing
     try:
         return _refresh_spec(ws, state, targets)
-    except UserError as exc:
+    except Exception as exc:  # noqa: BLE001 (raised by the caller, after the spec's own errors)
         return exc
 
 
@@ -181,7 +181,7 @@ def _check_fresh(ws: Workspace, plan: Plan, progress) -> Planned:
             for key in plan.targets or tuple(ws.spec.models):
                 with contextlib.suppress(UserError):
                     each[key] = resolve_spec(ws, (key,))
-    if isinstance(early, UserError):
+    if isinstance(early, Exception):
         raise early
     refreshed = early or _refresh_spec(ws, state, plan.targets)
     for key, fingerprint in plan.fingerprints.items():

@@ -68,9 +68,14 @@ class WalkAhead:
         self._pid = 0
         self._notices: BinaryIO | None = None  # the pipe: (directory, offset, length) per walk
         self._data: BinaryIO | None = None  # the walks, packed and pickled
+        self._expected = set(directories)  # sent by the child, not yet received
         self._received: dict[Directory, Packed | SourceError] = {}  # read ahead of their turn
         if directories and hasattr(os, "fork"):
-            self._start(directories)
+            try:
+                self._start(directories)
+            except BaseException:  # e.g. Ctrl-C right after the fork: no child left behind
+                self.close()
+                raise
 
     def __enter__(self) -> WalkAhead:
         return self
@@ -81,9 +86,10 @@ class WalkAhead:
     def __call__(self, full: str, shown: str) -> Items:
         """The images under ``full``: the child's walk of it, or a walk here."""
         key = (full, shown)
-        while key not in self._received and self._notices is not None:
+        while key in self._expected and self._notices is not None:
             self._receive()
-        # Taken, not kept: a directory declared twice is walked again here the second time.
+        # Taken, not kept: a directory declared twice is walked again here the second time
+        # (at once: not after reading everything the child has still to send).
         found = self._received.pop(key, None)
         if found is None:
             return walk_images(full, shown)
@@ -97,37 +103,39 @@ class WalkAhead:
             if stream is not None:
                 stream.close()
         self._notices = self._data = None
-        if self._pid:
+        if self._pid > 0:
             with contextlib.suppress(OSError):
                 os.kill(self._pid, signal.SIGKILL)
             os.waitpid(self._pid, 0)
-            self._pid = 0
+        self._pid = 0
 
     def _start(self, directories: list[Directory]) -> None:
         try:
-            data = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+            self._data = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
             read_end, write_end = os.pipe()
         except OSError:
+            self.close()
             return
+        parent = os.getpid()
         try:
-            pid = os.fork()
+            self._pid = os.fork()
         except OSError:
-            for fd in (read_end, write_end):
-                os.close(fd)
-            data.close()
+            os.close(read_end)
+            os.close(write_end)
+            self.close()
             return
-        if pid == 0:  # the child: walk, send, and leave without running any of the parent's exit code
+        if self._pid == 0:  # the child: walk, send, and leave without running any of the parent's exit code
             code = 1
             try:
                 os.close(read_end)
                 gc.disable()  # the walk makes no cycles
                 with open(write_end, "wb") as notices:
-                    _send_walks(directories, data, notices)
+                    _send_walks(directories, self._data, notices, parent)
                 code = 0
             finally:
                 os._exit(code)
         os.close(write_end)
-        self._pid, self._data, self._notices = pid, data, open(read_end, "rb")  # noqa: SIM115
+        self._notices = open(read_end, "rb")  # noqa: SIM115 (closed by close())
 
     def _receive(self) -> None:
         """Read the child's next walk; at the end of the stream, or on anything unexpected (a
@@ -139,15 +147,19 @@ class WalkAhead:
             if len(body) != length:
                 raise EOFError("short read")
             self._received[key] = pickle.loads(body)
+            self._expected.discard(key)
         except Exception:
             self.close()
 
 
-def _send_walks(directories: list[Directory], data: BinaryIO, notices: BinaryIO) -> None:
+def _send_walks(directories: list[Directory], data: BinaryIO, notices: BinaryIO, parent: int) -> None:
     """The child's work: each directory's packed walk (or its SourceError) pickled into
-    ``data``, and where it lies sent down ``notices`` once it is there."""
+    ``data``, and where it lies sent down ``notices`` once it is there. It stops when the
+    parent is gone (killed: nobody would read the rest)."""
     offset = 0
     for key in directories:
+        if os.getppid() != parent:
+            return
         try:
             found: Packed | SourceError = _pack(walk_images(*key))
         except SourceError as exc:

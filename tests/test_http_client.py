@@ -271,3 +271,15 @@ def test_uploads_converge_under_faults_without_duplicates(serve_process):
         assert [m.title for m in provider.list_models()] == ["faulty"]
     finally:
         provider.close()
+
+
+def test_a_client_for_an_http_base_url_never_sends_https_unverified(monkeypatch):
+    """Such a client loads no certificates (verify off, ~30 ms of every start saved): an https URL
+    must be refused before any connection, NO_PROXY's mounts included (they outrank a mount)."""
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    client = HttpClient("http://127.0.0.1:9", vendor="astica", max_retries=3)
+    for url in ("https://localhost:1/model/list", "https://127.0.0.1:1/x", "https://example.invalid/x"):
+        with pytest.raises(ProviderError, match=r"astica probe: request failed \(UnsupportedProtocol\)"):
+            client.request("GET", url, operation="probe")
+    assert client.stats.retries == 0
+    client.close()

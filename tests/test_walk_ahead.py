@@ -97,7 +97,7 @@ def test_a_child_that_fails_only_costs_time(project: Path, monkeypatch):
     spec = load_spec(project / "modelsync.yaml")
     expected = _resolved(spec, project)
 
-    def die(directories, data, notices):
+    def die(directories, data, notices, parent):
         os._exit(3)  # before sending anything, like a child killed by the OOM killer
 
     monkeypatch.setattr(walkahead, "_send_walks", die)
@@ -116,6 +116,19 @@ def test_a_directory_the_child_cannot_read_is_the_same_error_at_its_spec_positio
         resolve(spec, project, walk=walk)
     lines = [str(d) for d in caught.value.diagnostics]
     assert any(line.endswith("cannot read directory data/circle/a: Permission denied") for line in lines), lines
+
+
+def test_a_directory_declared_twice_is_walked_again_without_reading_ahead(project: Path, monkeypatch):
+    spec = load_spec(project / "modelsync.yaml")
+    directories = spec_directories(spec)
+    first, rest = directories[0], directories[1:]
+    expected = {d: walk_images(*d) for d in directories}
+    with WalkAhead(directories) as walk:
+        assert walk(*first) == expected[first]  # the child's
+        assert walk(*first) == expected[first]  # asked again: walked here, at once...
+        assert not walk._received  # ...not after reading (and holding) everything the child still sends
+        _no_walk_here(monkeypatch)
+        assert [walk(*d) for d in rest] == [expected[d] for d in rest]  # the rest: still the child's
 
 
 def test_a_plan_that_stops_early_leaves_no_child_behind(project: Path):
@@ -180,6 +193,23 @@ def test_a_vendor_is_not_read_before_the_sources_resolve(project: Path, monkeypa
         assert r.code == 1
         assert r.err.startswith("modelsync.yaml:") and "no such file: data/square/missing.png" in r.err, r.err
         assert connections() == 0  # nothing was sent
+
+
+def test_an_unusable_store_path_is_one_line_after_the_spec_own_errors(project: Path):
+    """Reading the embedded backend early must not turn its errors into internal errors, nor
+    hide a source error behind them."""
+    head = "version: 1\nproviders:\n  lab: {type: local, path: %s}\nmodels:\n  shapes:\n    classes:\n" % ("x" * 300)
+    write_spec(project, head + "      circle: {samples: [data/circle]}\n      square: {samples: [data/square]}\n"
+                              "    training: {auto: false}\n")
+    r = run_cli(project, "plan")
+    assert r.code == 1 and "internal error" not in r.err, r.err
+    (line,) = [x for x in r.err.splitlines() if x.startswith("Error")]
+    assert line.startswith("Error: refresh: list models 'lab': open ") and line.endswith("File name too long"), r.err
+    write_spec(project, head + "      circle: {samples: [data/circle]}\n      square: {samples: [data/nowhere]}\n"
+                              "    training: {auto: false}\n")
+    r = run_cli(project, "plan")
+    assert r.code == 1 and r.err.startswith("modelsync.yaml:8:"), r.err
+    assert "no such file: data/nowhere" in r.err and "refresh" not in r.err, r.err
 
 
 def test_the_embedded_backend_is_read_early_but_a_bad_spec_still_creates_nothing(project: Path):

@@ -61,12 +61,11 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
         return None
 
 
-class _NoTls(httpx.BaseTransport):
-    """The https transport of a client whose base URL is plain http: it never talks TLS (so it
-    needs no certificates loaded), and an https URL is refused rather than sent unverified."""
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        raise httpx.UnsupportedProtocol(f"{request.url}: https from a client for an http base URL")
+def _plain_http_only(request: httpx.Request) -> None:
+    """The request hook of a client whose base URL is plain http, and which therefore loads
+    no certificates: an https URL is refused rather than sent unverified."""
+    if request.url.scheme != "http":
+        raise httpx.UnsupportedProtocol(f"{request.url}: not http, from a client for an http base URL")
 
 
 class HttpClient:
@@ -103,9 +102,10 @@ class HttpClient:
         self._client = httpx.Client(
             base_url=base_url.rstrip("/"),
             # On a plain http base URL (a `modelsync serve`), loading the CA bundle would cost every
-            # command ~30 ms of its start (measured) for nothing: no TLS, and https is refused.
+            # command ~30 ms of its start (measured) for nothing: no TLS, and any other scheme is
+            # refused before a transport is chosen (a mount can be outranked by NO_PROXY's).
             verify=tls,
-            mounts=None if tls else {"https://": _NoTls()},
+            event_hooks=None if tls else {"request": [_plain_http_only]},
             headers=headers or {},
             timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),

@@ -149,6 +149,12 @@ class LocalProvider(Provider):
                         raise ProviderError(f"open {self.root}: {exc.strerror or exc}") from None
         return self._service
 
+    def _store_exists(self) -> bool:
+        try:
+            return (self.root / DB_FILE).exists()
+        except OSError as exc:  # e.g. a name too long, or a directory it may not search
+            raise ProviderError(f"open {self.root}: {exc.strerror or exc}") from None
+
     def close(self) -> None:
         with self._open_lock:
             if self._service is not None:
@@ -186,7 +192,7 @@ class LocalProvider(Provider):
 
     # -- models ------------------------------------------------------------------------
     def list_models(self) -> list[ModelSummary]:
-        if self._service is None and not (self.root / DB_FILE).exists():
+        if self._service is None and not self._store_exists():
             with self._op("list models"):  # no data directory yet: no models, and none is created
                 return []
         models = self._call("list models", lambda: self.service.list_models(OWNER))
