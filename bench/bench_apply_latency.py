@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sequential client    wall: {fmt_runs(seq_wall, digits=2)}; upload phase {fmt_runs(seq_span, digits=2)}")
     whole = median(seq_wall) / median(ms_wall)
     phase = median(seq_span) / median(ms_span)
-    print(f"speed-up (medians): whole task {whole:.1f}x, upload phase {phase:.1f}x  "
+    print(f"speed-up (medians): whole task {whole:.2f}x, upload phase {phase:.2f}x  "
           f"(target >= 8x: {'met' if whole >= 8 else 'NOT met'} whole, {'met' if phase >= 8 else 'NOT met'} phase)")
     return 0
 
