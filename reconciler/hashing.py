@@ -354,16 +354,15 @@ class Hasher:
     def __init__(self, cache_path: Path, workers: int | None = None):
         self.cache_path = cache_path
         self.workers = workers or os.cpu_count() or 1
-        self._cache: HashCache | None = None
+        # Read now, not at the first add: a plan makes its Hasher while a directory is still being
+        # walked ahead (reconciler.walkahead), so the read costs no wall time. finish() lets go.
+        self._cache: HashCache | None = HashCache(cache_path)
         self._batches: list[tuple[_Batch, list[Future]]] = []
         self._pool: ProcessPoolExecutor | None = None
         self._to_hash = 0
         self._bytes_to_hash = 0
 
     def __enter__(self) -> Hasher:
-        # The cache is read now, not at the first add: a plan enters while a directory is still
-        # being walked ahead (reconciler.walkahead), so the read costs no wall time.
-        self._cache = HashCache(self.cache_path)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -375,8 +374,7 @@ class Hasher:
             self._pool = None
 
     def add(self, stats: StatColumns) -> None:
-        if self._cache is None:
-            self._cache = HashCache(self.cache_path)
+        assert self._cache is not None, "add() after finish()"
         batch = self._cache.check(stats)
         paths = [stats.path[i] for i in batch.missing]
         self._to_hash += len(paths)

@@ -165,10 +165,10 @@ def _expand_source(
 ) -> tuple[Items, tuple[Box, ...]]:
     """The items one spec entry (a source string or mapping) names, and its boxes; SourceError
     if it names nothing usable."""
+    text, single = source_text(entry)
+    items = expand(text, base_dir, single=single, walk=walk)
     if isinstance(entry, str):
-        return expand(entry, base_dir, walk=walk), ()
-    text = entry.path if entry.path is not None else entry.url
-    items = expand(text, base_dir, single=entry.uid is not None, walk=walk)
+        return items, ()
     boxes = tuple(Box(b.label or class_name, b.x, b.y, b.w, b.h) for b in entry.boxes)
     if boxes and len(items.display) > 1:
         raise SourceError(f"boxes belong to one image, but {text} names {len(items.display)} files")
@@ -313,6 +313,14 @@ def _assemble(
                 uid, class_name, digest, size, display, path, url, caption, boxes, user_uid is not None
             )
     return samples, extra
+
+
+def source_text(entry: Any) -> tuple[str, bool]:
+    """The source a spec entry names (a string, or a mapping's path or url), and whether it must
+    be a single file (a sample with a uid of its own)."""
+    if isinstance(entry, str):
+        return entry, False
+    return (entry.path if entry.path is not None else entry.url), entry.uid is not None
 
 
 def source_diagnostics(spec: Any, targets: Iterable[str] = ()) -> list:

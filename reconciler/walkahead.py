@@ -23,7 +23,7 @@ import tempfile
 from array import array
 from typing import Any, BinaryIO
 
-from reconciler.resolve import declared_sources
+from reconciler.resolve import declared_sources, source_text
 from reconciler.sources import Items, SourceError, is_glob, is_url, local_text, walk_images
 
 Directory = tuple[str, str]  # (absolute path, as shown): walk_images' arguments
@@ -37,15 +37,12 @@ def spec_directories(spec: Any, targets: tuple[str, ...] = ()) -> list[Directory
     base = str(spec.base_dir)
     found: dict[Directory, None] = {}
     for _, _, entry, _ in declared_sources(spec, set(targets)):
-        if isinstance(entry, str):
-            text = entry
-        elif entry.path is not None and entry.uid is None:
-            text = entry.path
-        else:
-            continue
-        if is_url(text) or is_glob(local_text(text)):
+        text, single = source_text(entry)
+        if single or is_url(text):
             continue
         text = local_text(text)
+        if is_glob(text):
+            continue
         full = os.path.join(base, text)
         if os.path.isdir(full):
             found[(full, text)] = None
