@@ -28,6 +28,7 @@ server starts, so a new model would be invisible to it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -150,6 +151,12 @@ def router(ctx: ServeContext) -> APIRouter:
     r = APIRouter(tags=["astica"])
     svc = ctx.service
 
+    def post(path: str, summary: str) -> Callable[[Callable], Callable]:
+        """A POST route whose answer goes out as built. A handler returning a dict would get
+        that as its response model, and FastAPI checks a sync handler's answer in the thread
+        pool: a second thread hop a request, a third of an upload's cost in serve (measured)."""
+        return r.post(path, summary=summary, response_model=None)
+
     def auth(body: _Body, request: Request, permission: str) -> Principal:
         p = ctx.authenticate(body.tkn, request, message="Invalid API key")
         p.require(permission)
@@ -171,7 +178,7 @@ def router(ctx: ServeContext) -> APIRouter:
             "dataset_list": [dataset_entry(m) for m in models],
         }
 
-    @r.post("/model/create", summary="Create a model / dataset")
+    @post("/model/create", summary="Create a model / dataset")
     def create(body: CreateBody, request: Request) -> dict[str, Any]:
         p = auth(body, request, PERM_EDIT)
         p.check_may_create_projects("model")
@@ -183,12 +190,12 @@ def router(ctx: ServeContext) -> APIRouter:
         svc.create_model(p.owner, title, type=kind, purpose=purpose, tags=tags)
         return OK
 
-    @r.post("/model/list", summary="List all models (the official samples' endpoint)")
+    @post("/model/list", summary="List all models (the official samples' endpoint)")
     def list_models(body: ListBody, request: Request) -> Response:
         p = auth(body, request, PERM_VIEW)
         return JSONResponse(model_list(p))
 
-    @r.post("/model/view", summary="View one model's classes and samples; without model_id, list all models")
+    @post("/model/view", summary="View one model's classes and samples; without model_id, list all models")
     def view(body: ViewBody, request: Request) -> Response:
         p = auth(body, request, PERM_VIEW)
         if body.model_id is None or body.model_id == "":
@@ -216,7 +223,7 @@ def router(ctx: ServeContext) -> APIRouter:
         head = {"status": "OK", "astica": {"request": "dataset", "requestType": "view"}}
         return JSONResponse({**head, "dataset": dataset})
 
-    @r.post("/model/upload", summary="Add one training sample (class created if missing)")
+    @post("/model/upload", summary="Add one training sample (class created if missing)")
     def upload(body: UploadBody, request: Request) -> dict[str, Any]:
         p = auth(body, request, PERM_EDIT)
         model_id = model_id_of(p, body.model_id)
@@ -226,7 +233,7 @@ def router(ctx: ServeContext) -> APIRouter:
         rec = svc.add_sample(p.owner, model_id, body.model_class.strip(), data, uid=uid, source_url=source_url)
         return {"status": "OK", "sample_id": rec.id}
 
-    @r.post("/model/model_train", summary="Start a training round")
+    @post("/model/model_train", summary="Start a training round")
     def train(body: ModelIdBody, request: Request) -> dict[str, Any]:
         p = auth(body, request, PERM_TRAIN)
         model_id = model_id_of(p, body.model_id)
@@ -236,7 +243,7 @@ def router(ctx: ServeContext) -> APIRouter:
         svc.start_training(p.owner, model_id)
         return OK
 
-    @r.post("/model/sample_remove", summary="Remove a sample by sample_id or sample_uid")
+    @post("/model/sample_remove", summary="Remove a sample by sample_id or sample_uid")
     def sample_remove(body: SampleRemoveBody, request: Request) -> dict[str, Any]:
         from reconciler.local.errors import NotFoundError
 
@@ -268,7 +275,7 @@ def router(ctx: ServeContext) -> APIRouter:
             raise ApiError(404, f"sample_uid {uid!r}: no such sample")
         return OK
 
-    @r.post("/model/class_remove", summary="Remove a class and its samples")
+    @post("/model/class_remove", summary="Remove a class and its samples")
     def class_remove(body: ClassRemoveBody, request: Request) -> dict[str, Any]:
         p = auth(body, request, PERM_EDIT)
         class_id = parse_id(body.class_id, "class_id")
@@ -279,13 +286,13 @@ def router(ctx: ServeContext) -> APIRouter:
         svc.delete_class(p.owner, class_id)
         return OK
 
-    @r.post("/model/model_remove", summary="Remove a model with all its classes and samples")
+    @post("/model/model_remove", summary="Remove a model with all its classes and samples")
     def model_remove(body: ModelIdBody, request: Request) -> dict[str, Any]:
         p = auth(body, request, PERM_EDIT)
         svc.delete_model(p.owner, model_id_of(p, body.model_id))
         return OK
 
-    @r.post("/detect", summary="Run a trained model on one image")
+    @post("/detect", summary="Run a trained model on one image")
     def detect(body: DetectBody, request: Request) -> dict[str, Any]:
         p = auth(body, request, PERM_RUN)
         model_id = model_id_of(p, body.model_id)
