@@ -24,11 +24,16 @@ from reconciler.providers.base import ProviderError
 from reconciler.refresh import Refreshed
 from reconciler.resolve import Resolved
 from reconciler.sources import is_url
-from reconciler.state import ModelState, State, save_state
+from reconciler.state import ModelState, State, encode_state, save_state, write_state
 from reconciler.workspace import Workspace
 
 SAVE_EVERY_SECONDS = 2.0
 SAVE_EVERY_OPS = 2000
+# A batch save waits at least this many times as long as the last one took, so that saving
+# a large state (0.3 s of JSON at 100k samples, during which no worker runs Python) costs the
+# apply at most ~5% of its time. Saving less often loses nothing: the intent recorded before
+# the uploads and idempotent uids make a re-run converge whatever the last save held.
+SAVE_PAUSE_FACTOR = 20
 
 
 class Reporter:
@@ -116,10 +121,12 @@ class Applier:
         self.reporter = reporter or Reporter()
         self.training_timeout = training_timeout
         self.result = ApplyResult()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the state and the result
+        self._save_lock = threading.Lock()  # one save at a time, written in the order encoded
         self._stop = threading.Event()
         self._unsaved = 0
         self._last_save = time.monotonic()
+        self._save_seconds = 0.0  # what the last periodic save took
         self._remote_ids: dict[str, str] = {}
         for key in list(refreshed.remotes) + list(refreshed.orphans):
             rid = refreshed.remote_id(key)
@@ -177,9 +184,30 @@ class Applier:
             for op in ops:
                 task(op)
             return
-        with ThreadPoolExecutor(max_workers=self.parallelism) as pool:
-            for _ in pool.map(task, ops):
-                pass
+        # Workers pull from one iterator, so only `parallelism` operations are ever in hand:
+        # Executor.map makes a future per operation up front, 182 MB for 100k uploads (measured
+        # with tracemalloc). Waiting on futures, not Thread.join: on 3.11 a Ctrl-C that lands in
+        # join() can mark a running thread finished, and the state was then saved before its
+        # upload was recorded (test_ctrl_c_stops_apply_cleanly_and_a_rerun_converges).
+        todo = iter(ops)
+        take = threading.Lock()
+
+        def work() -> None:
+            while True:
+                with take:
+                    op = next(todo, None)
+                if op is None:
+                    return
+                task(op)
+
+        with ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="apply") as pool:
+            workers = [pool.submit(work) for _ in range(min(self.parallelism, len(ops)))]
+            try:
+                for w in workers:
+                    w.result()
+            except BaseException:  # Ctrl-C: what is running finishes (the pool's exit waits), nothing new starts
+                self._stop.set()
+                raise
 
     def _fail(self, op: Operation, message: str) -> None:
         with self._lock:
@@ -187,14 +215,24 @@ class Applier:
         self._stop.set()
 
     def _save(self, force: bool = False) -> None:
+        """Save now (force) or when a batch is due. The state is encoded under the lock and
+        written outside it: workers wait for the JSON, not for the disk."""
         with self._lock:
             self._unsaved += 1
-            due = self._unsaved >= SAVE_EVERY_OPS or time.monotonic() - self._last_save >= SAVE_EVERY_SECONDS
+            elapsed = time.monotonic() - self._last_save
+            batch = self._unsaved >= SAVE_EVERY_OPS or elapsed >= SAVE_EVERY_SECONDS
+            due = batch and elapsed >= SAVE_PAUSE_FACTOR * self._save_seconds
             if not (force or due):
                 return
-            save_state(self.ws.project_dir, self.state)
             self._unsaved = 0
             self._last_save = time.monotonic()
+        started = time.monotonic()
+        with self._save_lock:
+            with self._lock:
+                body = encode_state(self.state)
+            write_state(self.ws.project_dir, body)
+        if not force:
+            self._save_seconds = time.monotonic() - started
 
     def _model_state(self, op: Operation) -> ModelState:
         mstate = self.state.models.get(op.model)

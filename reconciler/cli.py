@@ -509,6 +509,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         try:
             rv = app(args=argv, standalone_mode=False, prog_name="modelsync")
+            if rv == INTERRUPTED_EXIT:  # typer (>= 0.29) answers Ctrl-C with Exit(130), before the handler below
+                print(INTERRUPTED, file=sys.stderr)
         except UserError as exc:
             err = _stderr()
             for line in exc.lines:
@@ -524,8 +526,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"Error: {exc.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
             sys.exit(1)
         except KeyboardInterrupt:
-            print("Interrupted; run the same command again to converge.", file=sys.stderr)
-            sys.exit(130)
+            print(INTERRUPTED, file=sys.stderr)
+            sys.exit(INTERRUPTED_EXIT)
         except BrokenPipeError:
             sys.exit(0)
         except Exception as exc:  # a bug: one line for the user, the traceback only on request
@@ -544,6 +546,9 @@ def main(argv: list[str] | None = None) -> None:
             gc.unfreeze()
     sys.exit(rv if isinstance(rv, int) else 0)
 
+
+INTERRUPTED = "Interrupted; run the same command again to converge."
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report a Ctrl-C'd command
 
 _SPEC_POSITION = __import__("re").compile(r"^[^\s:]+:\d+:\d+: ")
 

@@ -107,12 +107,22 @@ def load_state(workdir: Path) -> State:
 
 def save_state(workdir: Path, state: State) -> None:
     """Bump the serial and write atomically."""
+    write_state(workdir, encode_state(state))
+
+
+def encode_state(state: State) -> bytes:
+    """Bump the serial and serialize: the part of a save that must see the state unchanging.
+
+    Compact: the indented encoder is pure Python, ~3.5x slower (1.10 s vs 0.31 s a save at
+    100k samples, measured), and apply saves while its workers wait for the state."""
     state.serial += 1
     state.lineage = state.lineage or str(uuid.uuid4())
-    # Compact: the indented encoder is pure Python, ~3.5x slower (1.10 s vs 0.31 s a save at 100k
-    # samples, measured), and apply saves every few seconds while holding the lock.
-    body = json.dumps(state.to_json(), separators=(",", ":"))
-    write_atomic(state_dir(workdir) / "state.json", body.encode())
+    return json.dumps(state.to_json(), separators=(",", ":")).encode()
+
+
+def write_state(workdir: Path, body: bytes) -> None:
+    """Write what encode_state made, atomically (temp file, fsync, rename)."""
+    write_atomic(state_dir(workdir) / "state.json", body)
 
 
 class StateLock:

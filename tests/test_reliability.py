@@ -221,6 +221,40 @@ def test_kill_anywhere_embedded_backend_with_training(tmp_path: Path):
     # Every re-run trained on what it uploaded: the plan above found no train op pending.
 
 
+def test_ctrl_c_stops_apply_cleanly_and_a_rerun_converges(tmp_path: Path, serve_process):
+    """SIGINT mid-upload: exit 130 with a message, the uploads in flight finish and nothing new
+    starts, the state records exactly what landed, and the same command converges."""
+    server = serve_process(keys=[KEY], rate_limit=None, total_rate_limit=None, faults={"latency": 0.05})
+    root = tmp_path / "project"
+    files = make_images(root, 40)
+    provider = (
+        f"    type: astica\n    api_key: ${{env:REL_API_KEY}}\n    base_url: {server.base_url}\n    rate_limit: 100000"
+    )
+    write_variant_spec(root, files, provider, "      auto: false")
+    env = {**os.environ, "REL_API_KEY": KEY, "NO_COLOR": "1"}
+    proc = spawn_apply(root, env, "--parallelism", "2")
+    deadline = time.monotonic() + 60
+    while len(astica_samples(server.base_url) or []) < 5:
+        assert proc.poll() is None and time.monotonic() < deadline, "apply ended before it could be interrupted"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Interrupted; run the same command again to converge." in err
+    landed = astica_samples(server.base_url)
+    assert 5 <= len(landed) < 80, "the interrupt stopped nothing"
+    no_duplicates(landed)
+    managed = check_state_file(root)["models"]["shapes"]["samples"]
+    recorded = {u for u, v in managed.items() if not v.get("pending")}
+    remote_uids = {u for u, _, _ in landed}
+    assert recorded == remote_uids, f"state only: {recorded - remote_uids}, remote only: {remote_uids - recorded}"
+    r = subprocess.run(cli_command(root, "apply", "--auto-approve"), env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert {(u, c) for u, c, _ in astica_samples(server.base_url)} == desired(files)
+    plan = subprocess.run(cli_command(root, "plan", "--detailed-exitcode"), env=env, capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+
+
 # --------------------------------------------------------------------------- a disk that fills up
 
 
