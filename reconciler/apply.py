@@ -24,7 +24,7 @@ from reconciler.providers.base import ProviderError
 from reconciler.refresh import Refreshed
 from reconciler.resolve import Resolved
 from reconciler.sources import is_url
-from reconciler.state import ModelState, State, encode_state, save_state, write_state
+from reconciler.state import ModelState, State, encode_state, write_state
 from reconciler.workspace import Workspace
 
 SAVE_EVERY_SECONDS = 2.0
@@ -264,8 +264,7 @@ class Applier:
                 entry = mstate.samples.get(op.uid or "")
                 if entry is None or entry.get("pending"):
                     mstate.samples[op.uid] = {"class": op.class_name, "digest": op.digest, "pending": True}
-            save_state(self.ws.project_dir, self.state)
-            self._last_save = time.monotonic()
+        self._save(force=True)
 
     # -- operations ----------------------------------------------------------------
     def _do_create_model(self, op: Operation) -> None:
