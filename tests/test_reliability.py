@@ -63,6 +63,11 @@ def write_variant_spec(root: Path, chosen: dict[str, list[Path]], provider: str,
     (root / "modelsync.yaml").write_text("\n".join(lines) + "\n")
 
 
+def astica_provider(base_url: str) -> str:
+    """The provider block of a spec for astica at ``base_url``, its key from REL_API_KEY."""
+    return f"    type: astica\n    api_key: ${{env:REL_API_KEY}}\n    base_url: {base_url}\n    rate_limit: 100000"
+
+
 def desired(chosen: dict[str, list[Path]]) -> set[tuple[str, str]]:
     return {(derived_uid(sha256_digest(p.read_bytes())), cls) for cls, paths in chosen.items() for p in paths}
 
@@ -203,9 +208,7 @@ def test_kill_anywhere_astica_against_serve(tmp_path: Path, serve_process):
     server = serve_process(keys=[KEY], rate_limit=None, total_rate_limit=None, faults={"latency": 0.03})
     root = tmp_path / "project"
     files = make_images(root, 8)
-    provider = (
-        f"    type: astica\n    api_key: ${{env:REL_API_KEY}}\n    base_url: {server.base_url}\n    rate_limit: 100000"
-    )
+    provider = astica_provider(server.base_url)
     env = {**os.environ, "REL_API_KEY": KEY, "NO_COLOR": "1"}
     kill_anywhere(root, files, provider, "      auto: false", env, lambda: astica_samples(server.base_url), seed=5)
     assert KEY not in (root / ".modelsync" / "state.json").read_text()
@@ -227,9 +230,7 @@ def test_ctrl_c_stops_apply_cleanly_and_a_rerun_converges(tmp_path: Path, serve_
     server = serve_process(keys=[KEY], rate_limit=None, total_rate_limit=None, faults={"latency": 0.05})
     root = tmp_path / "project"
     files = make_images(root, 40)
-    provider = (
-        f"    type: astica\n    api_key: ${{env:REL_API_KEY}}\n    base_url: {server.base_url}\n    rate_limit: 100000"
-    )
+    provider = astica_provider(server.base_url)
     write_variant_spec(root, files, provider, "      auto: false")
     env = {**os.environ, "REL_API_KEY": KEY, "NO_COLOR": "1"}
     proc = spawn_apply(root, env, "--parallelism", "2")
