@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from reconciler.local.blobs import INLINE_MAX
-from reconciler.local.db import SCHEMA_VERSION
+from reconciler.local.db import CHECKPOINT_EVERY, SCHEMA_VERSION
 from reconciler.local.errors import (
     ConflictError,
     InvalidInputError,
@@ -25,6 +25,7 @@ from reconciler.local.errors import (
     NotFoundError,
     StateError,
     StorageError,
+    WouldWait,
 )
 from reconciler.local.images import inspect_image
 from reconciler.local.jobs import version_name
@@ -660,3 +661,26 @@ def test_a_full_disk_is_a_storage_error_naming_the_file_and_stores_nothing(make_
     assert str(exc.value) == f"disk full writing {blob}" and exc.value.code == "storage"
     assert not blob.exists() and list((svc.blobs.root / "tmp").iterdir()) == []
     assert not svc.get_model(OWNER, model.id).classes
+
+
+def test_adding_without_waiting_refuses_what_would_block_and_leaves_checkpoints_to_a_thread(svc: LocalService):
+    """wait=False (serve's event loop): a big image or a file blob is WouldWait with nothing
+    stored; small ones are stored, and that connection never runs SQLite's checkpoint."""
+    mid = svc.create_model("o", "m").id
+    with pytest.raises(WouldWait):
+        svc.add_sample("o", mid, "c", png(size=600), uid="big", wait=False)
+    noise = Image.frombytes("RGB", (300, 300), random.Random(1).randbytes(300 * 300 * 3))
+    buf = io.BytesIO()
+    noise.save(buf, format="PNG")
+    assert len(buf.getvalue()) > INLINE_MAX
+    with pytest.raises(WouldWait):
+        svc.add_sample("o", mid, "c", buf.getvalue(), uid="file-blob", wait=False)
+    assert not svc.get_model("o", mid).classes
+    due = []
+    for i in range(CHECKPOINT_EVERY):
+        svc.add_sample("o", mid, "c", png(seed=i), uid=f"s{i}", wait=False)
+        due.append(svc.db.checkpoint_due())
+    assert due == [False] * (CHECKPOINT_EVERY - 1) + [True]
+    assert svc.db.conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    svc.db.checkpoint()
+    assert svc.get_model("o", mid).model.num_samples == CHECKPOINT_EVERY

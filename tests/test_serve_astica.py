@@ -454,3 +454,109 @@ def _owner_of(key: str) -> str:
     from reconciler.local.serve.auth import key_id
 
     return key_id(key)
+
+
+@pytest.mark.parametrize("writer", ["another process", "a thread of serve"])
+def test_an_upload_waits_out_a_busy_database_in_a_thread_while_serve_keeps_answering(serve_thread, writer):
+    """Small uploads are written on serve's event loop, never waiting there: when another
+    writer holds the database, the upload waits in the thread pool, the server answers
+    other requests meanwhile, and the rate limit counts the upload once."""
+    import sqlite3
+    import threading
+
+    handle = serve_thread(keys={KEY_A: KeyInfo(owner="alice")}, rate_limit=2, total_rate_limit=None)
+    client = httpx.Client(base_url=handle.base_url, timeout=30)
+
+    def post(path: str, body: dict) -> httpx.Response:
+        return client.post(path, json={"tkn": KEY_A, **body})
+
+    assert post("/model/create", {"dataset_title": "m", "dataset_type": "vision",
+                                  "dataset_purpose": "classification"}).json() == {"status": "OK"}
+    model_id = post("/model/list", {}).json()["dataset_list"][0]["id"]
+    body = {"model_id": model_id, "model_class": "circle", "input": base64.b64encode(png("circle-00")).decode()}
+
+    release = threading.Event()
+    holding = threading.Event()
+
+    def hold_the_database() -> None:
+        if writer == "another process":  # SQLite's lock, as another process's apply would hold it
+            other = sqlite3.connect(handle.service.db.path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            holding.set()
+            release.wait(30)
+            other.execute("COMMIT")
+            other.close()
+        else:  # serve's own write lock, as a slow write in its thread pool would hold it
+            with handle.service.db.write():
+                holding.set()
+                release.wait(30)
+
+    holder = threading.Thread(target=hold_the_database)
+    holder.start()
+    holding.wait(10)
+    answers: list[httpx.Response] = []
+    pending = threading.Thread(target=lambda: answers.append(post("/model/upload", {**body, "uid": "u1"})))
+    pending.start()
+    try:
+        time.sleep(0.3)
+        assert not answers, "the upload should wait for the other writer"
+        t0 = time.monotonic()
+        assert httpx.get(handle.base_url + "/healthz", timeout=5).status_code == 200
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        release.set()
+        holder.join(timeout=30)
+    pending.join(timeout=30)
+    assert answers[0].json()["status"] == "OK" and isinstance(answers[0].json()["sample_id"], int)
+    # two uploads a minute: the one that waited counted once, so one more passes, then 429
+    assert post("/model/upload", {**body, "uid": "u2"}).json()["status"] == "OK"
+    assert post("/model/upload", {**body, "uid": "u3"}).status_code == 429
+    client.close()
+
+
+def test_big_images_and_urls_are_handled_in_serves_threads_small_images_on_its_loop(serve_thread, static_files,
+                                                                                    monkeypatch):
+    """Decoding an image over 512x512 pixels or fetching a URL (even one after blanks) would
+    stall every request: those uploads are done in the thread pool. They land the same way."""
+    import io
+    import threading
+
+    from PIL import Image
+
+    from reconciler.local import service as service_module
+
+    decoded_in: list[str] = []
+    real_inspect = service_module.inspect_image
+
+    def inspect_image(data: bytes, **kw):
+        info = real_inspect(data, **kw)  # raises WouldWait before decoding when over the budget
+        decoded_in.append(threading.current_thread().name)
+        return info
+
+    monkeypatch.setattr(service_module, "inspect_image", inspect_image)
+    handle = serve_thread(keys=[KEY_A], allow_private_urls=True, rate_limit=None, total_rate_limit=None)
+    client = httpx.Client(base_url=handle.base_url, timeout=30)
+
+    def post(path: str, body: dict) -> dict:
+        return client.post(path, json={"tkn": KEY_A, **body}).json()
+
+    post("/model/create", {"dataset_title": "big", "dataset_type": "vision", "dataset_purpose": "classification"})
+    model_id = post("/model/list", {})["dataset_list"][0]["id"]
+    buf = io.BytesIO()
+    Image.new("RGB", (700, 600), (200, 40, 40)).save(buf, format="PNG")
+    big = {"model_id": model_id, "model_class": "red", "uid": "big-1",
+           "input": base64.b64encode(buf.getvalue()).decode()}
+    got = post("/model/upload", big)
+    assert got["status"] == "OK"
+    assert post("/model/upload", big) == got  # idempotent by uid, as on the event loop
+    small = base64.b64encode(png("circle-00")).decode()
+    assert post("/model/upload", {"model_id": model_id, "model_class": "circle", "input": small, "uid": "small-1"}) \
+        ["status"] == "OK"
+    url = " " * 12 + static_files(SHAPES / "circle") + "/circle-01.png"
+    assert post("/model/upload", {"model_id": model_id, "model_class": "circle", "input": url, "uid": "url-1"}) \
+        ["status"] == "OK"
+    in_pool = [name.startswith("AnyIO worker") for name in decoded_in]
+    assert in_pool == [True, True, False, True], decoded_in
+    classes = post("/model/view", {"model_id": model_id})["dataset"]["class_list"]
+    assert sorted(s["uid"] for c in classes for s in c["samples"]) == ["big-1", "small-1", "url-1"]
+    client.close()

@@ -15,11 +15,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from reconciler.local.errors import LocalError, StateError, StorageError
+from reconciler.local.errors import LocalError, StateError, StorageError, WouldWait
 
 BUSY_TIMEOUT_MS = 30_000
+# Commits without waiting between two checkpoints: ~400 pages for small images, less than
+# SQLite's own automatic checkpoint at 1,000 pages.
+CHECKPOINT_EVERY = 100
 _SQLITE_IOERR = 10  # primary result codes (an extended code's low byte)
 _SQLITE_FULL = 13
+_SQLITE_BUSY = 5
 
 # Each entry upgrades the schema from version i to i + 1. Never edit a released entry:
 # append a new one. AUTOINCREMENT keeps ids from being reused after a delete, since
@@ -145,6 +149,7 @@ class Database:
         self.path = path
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._unwaited_commits = 0  # commits made without waiting since checkpoint_due() said so
         self._write_lock = threading.Lock()
         self._conns: set[sqlite3.Connection] = set()
         self._closed = False
@@ -178,24 +183,59 @@ class Database:
         return c
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; nested use joins the outer one."""
+    def write(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction; nested use joins the outer one.
+
+        ``wait=False``: raise WouldWait at once, before anything is written, when another
+        thread or process holds the write lock, instead of queueing for it.
+        """
         c = self.conn()
         if c.in_transaction:
             yield c
             return
         # Threads of this process queue here rather than in SQLite's busy handler, which
         # sleeps in steps of up to 100 ms; other processes still meet the busy timeout.
-        with self._write_lock, self._storage_errors("writing"):
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                yield c
-            except BaseException:
-                if c.in_transaction:
-                    with suppress(sqlite3.Error):  # the error that got us here is the one to report
-                        c.execute("ROLLBACK")
-                raise
-            c.execute("COMMIT")
+        if not self._write_lock.acquire(blocking=wait):
+            raise WouldWait("the database is busy with another writer of this process")
+        try:
+            with self._storage_errors("writing"):
+                if wait:
+                    c.execute("BEGIN IMMEDIATE")
+                else:
+                    self._leave_checkpoints_to_others(c)
+                    _begin_without_waiting(c)
+                try:
+                    yield c
+                    c.execute("COMMIT")
+                except BaseException:
+                    if c.in_transaction:  # a failed COMMIT may leave it open: never let a later write join it
+                        with suppress(sqlite3.Error):  # the error that got us here is the one to report
+                            c.execute("ROLLBACK")
+                    raise
+            if not wait:
+                self._unwaited_commits += 1
+        finally:
+            self._write_lock.release()
+
+    def _leave_checkpoints_to_others(self, c: sqlite3.Connection) -> None:
+        """A connection that writes without waiting (serve's event loop) does not run SQLite's
+        automatic checkpoint at COMMIT: copying the WAL into the database and two fsyncs.
+        ``checkpoint()``, called from a thread when ``checkpoint_due()``, does it instead."""
+        if not getattr(self._local, "checkpoints_left", False):
+            c.execute("PRAGMA wal_autocheckpoint = 0")
+            self._local.checkpoints_left = True
+
+    def checkpoint_due(self) -> bool:
+        """True every CHECKPOINT_EVERY commits made without waiting (then reset)."""
+        if self._unwaited_commits < CHECKPOINT_EVERY:
+            return False
+        self._unwaited_commits = 0
+        return True
+
+    def checkpoint(self) -> None:
+        """Copy what the WAL holds into the database, without waiting for readers (PASSIVE)."""
+        with self._storage_errors("checkpointing"):
+            self.conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -241,6 +281,19 @@ class Database:
             with suppress(sqlite3.Error):
                 c.close()
         self._local = threading.local()
+
+
+def _begin_without_waiting(c: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE with no busy timeout: another process's write lock -> WouldWait."""
+    c.execute("PRAGMA busy_timeout = 0")
+    try:
+        c.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_BUSY:
+            raise WouldWait("the database is busy with another process's write") from None
+        raise
+    finally:
+        c.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
 def storage_error(exc: sqlite3.Error, path: Path, doing: str = "writing") -> StorageError | None:

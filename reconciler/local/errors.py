@@ -47,6 +47,13 @@ class StorageError(LocalError):
     code = "storage"
 
 
+class WouldWait(Exception):
+    """A call made with ``wait=False`` reached a step that could block: the database busy
+    with another writer, a blob going to a file (fsync), a large image to decode, a URL to
+    fetch. Nothing was written; the caller runs the call again where waiting is fine.
+    ``serve`` runs small uploads on its event loop this way and the rest in its threads."""
+
+
 # errno values that mean "no room": a full disk, or a quota reached.
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 

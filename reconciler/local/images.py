@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from reconciler.local.errors import InvalidInputError
+from reconciler.local.errors import InvalidInputError, WouldWait
 
 NOT_AN_IMAGE = "not an image (PNG, JPEG, GIF, BMP or WebP)"
 
@@ -69,8 +69,13 @@ def check_header(data: bytes, *, max_bytes: int, what: str = "image") -> str:
     return media_type
 
 
-def inspect_image(data: bytes, *, max_bytes: int, what: str = "image") -> ImageInfo:
-    """Type and size of an image that fully decodes, or InvalidInputError naming ``what``."""
+def inspect_image(
+    data: bytes, *, max_bytes: int, what: str = "image", decode_now_max: int | None = None
+) -> ImageInfo:
+    """Type and size of an image that fully decodes, or InvalidInputError naming ``what``.
+
+    ``decode_now_max``: raise WouldWait instead of decoding more pixels than that (a caller
+    that must not block long, such as serve's event loop, passes its budget)."""
     media_type = check_header(data, max_bytes=max_bytes, what=what)
     expected = _FORMATS[media_type]
     try:
@@ -82,11 +87,13 @@ def inspect_image(data: bytes, *, max_bytes: int, what: str = "image") -> ImageI
                 raise InvalidInputError(f"{what}: image has no pixels ({width}x{height})")
             if width * height > MAX_PIXELS:
                 raise InvalidInputError(f"{what}: {width}x{height} pixels is over the limit of {MAX_PIXELS:,}")
+            if decode_now_max is not None and width * height > decode_now_max:
+                raise WouldWait(f"{what}: {width}x{height} pixels to decode")
             img.verify()
         # verify() checks structure (PNG CRCs) but not that the pixels decode: do that too.
         with Image.open(io.BytesIO(data), formats=[expected]) as img:
             img.load()
-    except InvalidInputError:
+    except (InvalidInputError, WouldWait):
         raise
     except Image.DecompressionBombError:
         raise InvalidInputError(f"{what}: too many pixels to decode safely") from None

@@ -20,7 +20,7 @@ from typing import Any
 from reconciler.local import checks
 from reconciler.local.blobs import INLINE_MAX, BlobStore, digest_of
 from reconciler.local.db import Database
-from reconciler.local.errors import ConflictError, InvalidInputError, NotFoundError, StateError
+from reconciler.local.errors import ConflictError, InvalidInputError, NotFoundError, StateError, WouldWait
 from reconciler.local.images import check_header, inspect_image
 from reconciler.local.jobs import (
     INFERENCE_JOB_COLUMNS,
@@ -47,6 +47,9 @@ from reconciler.local.records import (
 )
 
 UNSET: Any = object()  # "leave unchanged" for update_sample
+# add_sample(wait=False) decodes at most this many pixels (512x512, ~1 ms here); a larger
+# image is WouldWait, so a caller on an event loop never stalls it on a big decode.
+NO_WAIT_DECODE_PIXELS = 512 * 512
 
 _MODEL_SELECT = """
 SELECT m.id, m.owner, m.title, m.type, m.purpose, m.tags, m.created_at,
@@ -245,12 +248,15 @@ class LocalService:
         boxes: Iterable[dict] = (),
         source_url: str | None = None,
         expected_digest: str | None = None,
+        wait: bool = True,
     ) -> SampleRecord:
         """Store one sample; the class is created if missing.
 
         Idempotent by uid: the same uid with the same bytes and class returns the stored
         sample; the same uid with anything else is a ConflictError. ``expected_digest``
-        (optional) refuses bytes that do not hash to it.
+        (optional) refuses bytes that do not hash to it. ``wait=False``: WouldWait, with
+        nothing stored, where the call would block (a busy database, a file blob, an image
+        over NO_WAIT_DECODE_PIXELS); a short sample is stored in about a millisecond.
         """
         owner = self._owner(owner)
         checks.text(class_title, "class")
@@ -259,7 +265,10 @@ class LocalService:
         box_list = checks.boxes(boxes)
         source_url = checks.text(source_url, "source_url", max_len=4000, optional=True)
         what = f"sample {uid!r}" if uid else "sample"
-        info = inspect_image(data, max_bytes=self.max_image_bytes, what=what)
+        if not wait and not self.blobs.inline(len(data)):
+            raise WouldWait(f"{what}: {len(data):,} bytes go to a file blob")
+        decode_now_max = None if wait else NO_WAIT_DECODE_PIXELS
+        info = inspect_image(data, max_bytes=self.max_image_bytes, what=what, decode_now_max=decode_now_max)
         data = bytes(data)
         digest = digest_of(data)
         if expected_digest is not None and expected_digest != digest:
@@ -267,7 +276,7 @@ class LocalService:
         inline = self.blobs.inline(len(data))
         if not inline:
             self.blobs.put(data, digest)  # a file blob first: a committed row always finds its bytes
-        with self.db.write() as c:
+        with self.db.write(wait=wait) as c:
             mid, _ = self._check_model(c, owner, model_id)
             if uid is not None:
                 row = c.execute(_SAMPLE_SELECT + " WHERE s.model_id = ? AND s.uid = ?", (mid, uid)).fetchone()

@@ -224,14 +224,21 @@ def router(ctx: ServeContext) -> APIRouter:
         return JSONResponse({**head, "dataset": dataset})
 
     @post("/model/upload", summary="Add one training sample (class created if missing)")
-    def upload(body: UploadBody, request: Request) -> dict[str, Any]:
+    async def upload(body: UploadBody, request: Request) -> Response:
         p = auth(body, request, PERM_EDIT)
         model_id = model_id_of(p, body.model_id)
-        data = ctx.decode_input(body.input, "input")
-        source_url = body.input.strip() if body.input.strip()[:8].lower().startswith(("http://", "https://")) else None
+        stripped = body.input.strip()
+        source_url = stripped if stripped[:8].lower().startswith(("http://", "https://")) else None
         uid = body.uid.strip() if body.uid and body.uid.strip() else None
-        rec = svc.add_sample(p.owner, model_id, body.model_class.strip(), data, uid=uid, source_url=source_url)
-        return {"status": "OK", "sample_id": rec.id}
+
+        def add(wait: bool) -> Any:
+            data = ctx.decode_input(body.input, "input", wait=wait)
+            return svc.add_sample(
+                p.owner, model_id, body.model_class.strip(), data, uid=uid, source_url=source_url, wait=wait
+            )
+
+        rec = await ctx.run_write(add)
+        return JSONResponse({"status": "OK", "sample_id": rec.id})
 
     @post("/model/model_train", summary="Start a training round")
     def train(body: ModelIdBody, request: Request) -> dict[str, Any]:

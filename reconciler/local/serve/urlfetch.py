@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from reconciler.local.errors import WouldWait
+
 MAX_FETCH_BYTES = 20 * 2**20
 MAX_REDIRECTS = 5
 
@@ -134,8 +136,9 @@ class UrlFetcher:
                 raise InputError(f"{field}: fetching {_short(url)!r} failed: {type(exc).__name__}") from None
         raise InputError(f"{field}: too many redirects fetching {_short(url)!r}")
 
-    def decode_input(self, value: str, field: str = "input", *, allow_base64: bool = True) -> bytes:
-        """An image input as vendors take it: http(s) URL, data: URI, or raw base64."""
+    def decode_input(self, value: str, field: str = "input", *, allow_base64: bool = True, wait: bool = True) -> bytes:
+        """An image input as vendors take it: http(s) URL, data: URI, or raw base64.
+        ``wait=False``: WouldWait instead of fetching a URL."""
         if not isinstance(value, str) or not value.strip():
             raise InputError(f"{field}: must be a non-empty string")
         v = value.strip()
@@ -143,6 +146,8 @@ class UrlFetcher:
         if lower.startswith("data:"):
             return decode_data_uri(v, field)
         if lower.startswith(("http://", "https://")):
+            if not wait:
+                raise WouldWait(f"{field}: a URL to fetch")
             return self.fetch(v, field)
         if "://" in v[:16]:
             raise InputError(f"{field}: only http and https URLs can be fetched, got {_short(v)!r}")
