@@ -1,6 +1,8 @@
 """Fault injection for tests and benchmarks: a server that misbehaves like real ones do.
 
-Per request, in this order: fixed ``latency_seconds``; then one draw decides whether the
+Per request, in this order: fixed ``latency_seconds``, a network round trip: half before
+the handler runs (the request on its way in), half before the answer goes out (on its way
+back); then one draw decides whether the
 request gets a 500 (before the handler runs: nothing happened), a 429 with Retry-After
 (before the handler), a slow answer (``slow_seconds`` extra), or a dropped connection
 (AFTER the handler ran: the effect landed but the answer is lost, the hardest case for
@@ -51,6 +53,17 @@ class FaultConfig:
         return bool(self.latency_seconds or self.error_rate or self.throttle_rate or self.slow_rate or self.drop_rate)
 
 
+def _delayed(send: Send, seconds: float) -> Send:
+    """``send`` that holds the answer's start for ``seconds``."""
+
+    async def delayed_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            await asyncio.sleep(seconds)
+        await send(message)
+
+    return delayed_send
+
+
 class DroppedConnection(Exception):
     """Raised after the response started, so uvicorn closes the socket mid-answer."""
 
@@ -94,7 +107,11 @@ class FaultMiddleware:
             return
         c = self.config
         if c.latency_seconds:
-            await asyncio.sleep(c.latency_seconds)
+            # All of it before the handler would wake requests that arrived together all at
+            # once, to queue for serve's one event loop: clients in lockstep, a burst of ten
+            # each 20 ms (bench/README.md). Split, they spread out as a real network's do.
+            await asyncio.sleep(c.latency_seconds / 2)
+            send = _delayed(send, c.latency_seconds / 2)
         fault = self._draw()
         path = scope.get("path", "")
         if fault == "error":
