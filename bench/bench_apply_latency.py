@@ -30,8 +30,8 @@ from common import (  # noqa: E402
     BENCH_DIR,
     WORK,
     astica_env,
-    ensure_dataset,
     fmt_runs,
+    good_upload_times,
     header,
     median,
     modelsync_cmd,
@@ -39,14 +39,14 @@ from common import (  # noqa: E402
     run_measured,
     serve,
     set_base_url,
+    upload_dataset,
 )
 
 KEY = "bench-key-latency"
-UNPACED = 1_000_000  # requests a minute: the spec's rate_limit, never reached
 
 
 def upload_span(log: list) -> float:
-    times = sorted(t for t, _, path, status in log if path == "/model/upload" and status == 200)
+    times = good_upload_times(log)
     return times[-1] - times[0] if len(times) > 1 else float("nan")
 
 
@@ -59,10 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     header(f"apply vs latency: {args.n} uploads, +{args.latency * 1000:.0f} ms a request, no server limit, "
            f"parallelism {args.parallelism} vs sequential")
-    root = ensure_dataset(
-        args.n, 2, WORK / f"latency-{args.n}", "--provider", "astica",
-        "--base-url", "http://127.0.0.1:1", "--rate-limit", str(UNPACED),
-    )
+    root = upload_dataset(args.n)
     ms_wall, ms_span, seq_wall, seq_span, floor_wall, floor_span = [], [], [], [], [], []
     for i in range(args.runs):
         data = WORK / "serve-latency"

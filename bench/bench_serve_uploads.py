@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH_DIR, WORK, ensure_dataset, fmt_runs, header, median, serve  # noqa: E402
+from common import BENCH_DIR, WORK, fmt_runs, good_upload_times, header, median, serve, upload_dataset  # noqa: E402
 
 KEY = "bench-key-serve"
 
@@ -41,10 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     header(f"serve uploads: {args.n} from the floor client, {args.parallelism} connections, "
            f"+{args.latency * 1000:.0f} ms a request")
-    root = ensure_dataset(
-        args.n, 2, WORK / f"latency-{args.n}", "--provider", "astica",
-        "--base-url", "http://127.0.0.1:1", "--rate-limit", "1000000",
-    )
+    root = upload_dataset(args.n)
     spans, cpu = [], []
     for i in range(args.runs):
         data = WORK / "serve-uploads"
@@ -55,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                             str(root / "data"), "--parallelism", str(args.parallelism)], check=True,
                            capture_output=True)
             used = cpu_seconds(srv.process.pid) - before
-            times = sorted(t for t, _, path, status in srv.requests() if path == "/model/upload" and status == 200)
+            times = good_upload_times(srv.requests())
         if len(times) != args.n:
             raise SystemExit(f"run {i + 1}: serve logged {len(times)} good uploads of {args.n}")
         spans.append(times[-1] - times[0])

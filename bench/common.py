@@ -120,6 +120,22 @@ def ensure_dataset(n: int, k: int, directory: Path, *extra: str) -> Path:
     return directory
 
 
+UNPACED = 1_000_000  # requests a minute: a spec's rate_limit that is never reached
+
+
+def upload_dataset(n: int) -> Path:
+    """N images in 2 classes for astica uploads to serve (bench/.work/latency-N), spec unpaced."""
+    return ensure_dataset(
+        n, 2, WORK / f"latency-{n}", "--provider", "astica",
+        "--base-url", "http://127.0.0.1:1", "--rate-limit", str(UNPACED),
+    )
+
+
+def good_upload_times(log: list) -> list[float]:
+    """When serve began each astica upload it answered 200, in order (from Serve.requests())."""
+    return sorted(t for t, _, path, status in log if path == "/model/upload" and status == 200)
+
+
 def prepare_applied(root: Path) -> None:
     """Apply the dataset's spec once (so a plan is a no-op), unless the plan is already empty."""
     ms = modelsync_cmd()
