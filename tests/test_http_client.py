@@ -241,6 +241,31 @@ def test_pacing_across_window_boundaries_reaches_the_rate_without_429(serve_thre
     assert in_10s >= 0.95 * 40  # two full windows' worth
 
 
+def test_astica_training_calls_share_one_budget_as_the_vendor_counts_them(serve_thread):
+    """astica's limit is per host: list, view and upload (all train.astica.ai) together stay
+    under it. Paced per path, each path would get its own budget and the server would refuse."""
+    from reconciler.providers.astica import rate_bucket
+
+    handle = serve_thread(keys=[KEY], rate_limit=4, total_rate_limit=None, rate_window=2.0)
+    stats = CallStats()
+    c = HttpClient(handle.base_url, vendor="astica", stats=stats, limiter=RateLimiter(4, None, window=2.0),
+                   rate_bucket=rate_bucket, max_retries=0)
+    stop = time.monotonic() + 4.5
+    paths = ["/model/list", "/model/view", "/model/list"]
+    codes: list[int] = []
+
+    def worker(path: str) -> None:
+        while time.monotonic() < stop:
+            r = c.request("POST", path, json={"tkn": KEY}, operation="list", raise_for_status=False)
+            codes.append(r.status_code)
+
+    with ThreadPoolExecutor(len(paths)) as pool:
+        list(pool.map(worker, paths))
+    assert stats.throttled == 0 and set(codes) == {200}
+    assert stats.by_endpoint["/model/view"] >= 1 and len(codes) >= 8  # both paths, at the host's rate
+    assert rate_bucket("/detect") != rate_bucket("/model/upload") == rate_bucket("/model/model_train")
+
+
 def test_uploads_converge_under_faults_without_duplicates(serve_process):
     from reconciler.providers.astica import AsticaProvider
 

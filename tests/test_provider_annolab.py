@@ -115,7 +115,7 @@ def test_keys_and_model_run_permission(server):
         assert "(HTTP 401)" in str(exc.value) and "wrong-key" not in str(exc.value)
         with pytest.raises(ProviderError) as exc:
             norun.start_inference(mid, None, image)
-        assert exc.value.status == 403 and "Model Run" in str(exc.value)
+        assert exc.value.status == 400 and "Model Run" in str(exc.value)  # the doc's "could not be started"
         job = a.start_inference(mid, None, image)
         with pytest.raises(NotFound):
             b.inference_status(job)  # another key's job

@@ -154,16 +154,17 @@ def test_refusals_in_annolab_shape(env):
     assert "Api-Key" in refused(401, key="wrong-key")
     r = client.post("/v1/infer/batch", json=body, headers={"Authorization": KEY_A})  # no "Api-Key " scheme
     assert r.status_code == 401 and set(r.json()) == {"message"}
-    assert "Model Run" in refused(403, key=KEY_NORUN)
-    assert "Model Run" in refused(403, key=KEY_OTHER_PROJECT)
-    assert "My Project" in refused(404, key=KEY_B)  # bob has no such project
-    assert "modelIdentifier" in refused(404, modelIdentifier="No Such Model")
+    # The doc's only refusal of a job request is "400 The inference could not be started".
+    assert "Model Run" in refused(400, key=KEY_NORUN)
+    assert "Model Run" in refused(400, key=KEY_OTHER_PROJECT)
+    assert "My Project" in refused(400, key=KEY_B)  # bob has no such project
+    assert "modelIdentifier" in refused(400, modelIdentifier="No Such Model")
     assert "not trained" in refused(400, modelIdentifier=untrained)
     assert "not in project" in refused(400, sourceIds=[other_sid])
-    assert "not found" in refused(404, sourceIds=[sid + 1000])
+    assert "not found" in refused(400, sourceIds=[sid + 1000])
     assert "sourceIds" in refused(400, sourceIds=[])
-    assert "outputLayerIdentifier" in refused(404, outputLayerIdentifier=987654)
-    assert "Other Group" in refused(404, groupName="Other Group")
+    assert "outputLayerIdentifier" in refused(400, outputLayerIdentifier=987654)
+    assert "Other Group" in refused(400, groupName="Other Group")
     assert refused(400, sourceIds="all").startswith("sourceIds")
 
     job = client.post("/v1/infer/batch", json=body, headers=h(KEY_A)).json()["inferenceJobId"]

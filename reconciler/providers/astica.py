@@ -9,6 +9,9 @@ What the API makes hard, and how this provider copes:
 * training has no job: the handle is the model_version before the run, and the run is
   over when the model is trained with a different model_version.
 * errors come as {"status": "ERROR", "error": ...}, usually with HTTP 200.
+* "Each endpoint allows up to 90 requests per minute, for a total of 180": the two
+  endpoints are the two hosts, training (every /model/* call) and inference (/detect),
+  so every training call shares one budget (``rate_bucket``), not one per path.
 
 Fields marked as modelsync extensions by `modelsync serve` (digest, training_state,
 dataset_digest, sample_id, scores) are used when present and never required.
@@ -40,6 +43,11 @@ from reconciler.providers.http import HttpClient, error_text
 TRAIN_URL = "https://train.astica.ai"
 DETECT_URL = "https://detect.astica.ai"
 MB = 1024 * 1024
+
+
+def rate_bucket(path: str) -> str:
+    """astica's rate-limit endpoint of a request path: its host, training or inference."""
+    return "detect.astica.ai" if path.rstrip("/").endswith("/detect") else "train.astica.ai"
 
 
 def _iso(ts: Any) -> str | None:
@@ -113,6 +121,7 @@ class AsticaProvider(Provider):
             backoff_base=float(opts.get("backoff_base", 0.5)),
             stats=self.stats,
             secrets=(self._key,),
+            rate_bucket=rate_bucket,
         )
 
     def close(self) -> None:

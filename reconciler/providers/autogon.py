@@ -12,6 +12,9 @@ What the API makes hard, and how this provider copes:
   the version modelsync records, predicts with, and retrains from (``training.base``).
 * projects and their saved models are read through the project endpoints `modelsync
   serve` documents in docs/WIRE.md (Autogon's public docs do not cover them).
+* the documented upload takes ``images`` as a list of URLs, with no field for a class:
+  each image goes as ``{url, lbl, annotations}`` instead, an extension `modelsync serve`
+  accepts (docs/WIRE.md), unverified against the real service.
 """
 
 from __future__ import annotations

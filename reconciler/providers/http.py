@@ -1,7 +1,8 @@
 """The HTTP client every vendor provider uses: pacing, retries, one-line errors.
 
 * Pacing: a ``RateLimiter`` shared by all worker threads keeps each endpoint and the
-  total under the vendor's limits, so a parallel apply does not cause 429s.
+  total under the vendor's limits, so a parallel apply does not cause 429s. An endpoint
+  is a path unless the provider says otherwise (``rate_bucket``: astica counts per host).
 * Retries: 429, 5xx, timeouts and connection errors are retried with exponential
   backoff and full jitter; Retry-After is honoured and slows the bucket down.
 * Non-idempotent calls (create, upload): pass ``landed``. When an answer is lost
@@ -88,8 +89,12 @@ class HttpClient:
         limiter: RateLimiter | None = None,
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 32,
+        rate_bucket: Callable[[str], str] | None = None,
     ):
+        """``rate_bucket``: the vendor's rate-limit endpoint a request path counts against
+        (default: the path itself)."""
         self.vendor = vendor
+        self._rate_bucket = rate_bucket
         self.stats = stats if stats is not None else CallStats()
         self.max_retries = max_retries
         self.backoff_base = backoff_base
@@ -167,12 +172,13 @@ class HttpClient:
         ProviderError/NotFound; with False the response is returned for the caller to judge.
         """
         endpoint = httpx.URL(path).path if "://" in path else path.split("?")[0]
+        bucket = self._rate_bucket(endpoint) if self._rate_bucket else endpoint
         ok = frozenset(ok_statuses) if ok_statuses is not None else None
         attempt = 0
         last_problem = ""
         while True:
             retry = attempt > 0
-            self.limiter.acquire(endpoint)
+            self.limiter.acquire(bucket)
             ambiguous = False
             wait_floor: float | None = None
             try:
@@ -194,7 +200,7 @@ class HttpClient:
                 throttled = status == 429
                 self._count(endpoint, retry=retry, throttled=throttled)
                 if status not in RETRY_STATUSES or (ok is not None and status in ok):
-                    self.limiter.succeeded(endpoint)
+                    self.limiter.succeeded(bucket)
                     good = status in ok if ok is not None else status < 400
                     if good or not raise_for_status:
                         return response
@@ -202,7 +208,7 @@ class HttpClient:
                 last_problem = f"{error_text(response)} (HTTP {status})"
                 if throttled:
                     wait_floor = retry_after_seconds(response)
-                    self.limiter.throttled(endpoint, wait_floor if wait_floor is not None else 1.0)
+                    self.limiter.throttled(bucket, wait_floor if wait_floor is not None else 1.0)
                 elif status == 503:
                     wait_floor = retry_after_seconds(response)
                 ambiguous = status in AMBIGUOUS_STATUSES

@@ -39,7 +39,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler.local.serve.auth import PERM_RUN, PERM_UPLOAD, PERM_VIEW
-from reconciler.local.serve.context import ApiError, Dialect, Principal, ServeContext, parse_id
+from reconciler.local.serve.context import ApiError, Dialect, Principal, ServeContext, api_error_from_local, parse_id
 
 DEFAULT_DIRECTORY = "Uploads"
 MAX_SOURCES_PER_JOB = 1000
@@ -333,9 +333,23 @@ def router(ctx: ServeContext) -> APIRouter:
     # -- inference (documented) -----------------------------------------------------
     @r.post("/v1/infer/batch", status_code=201, summary="Request inference: a model run on sources (asynchronous)")
     def infer(body: InferBody, request: Request, authorization: str | None = Header(None)) -> Response:
-        from reconciler.local.errors import StateError
+        """The doc answers 201 or "400 The inference could not be started": an unknown model,
+        project, layer or source, or a key without 'Model Run' on the project, is that 400
+        (401 and 429 stay what they are everywhere)."""
+        from reconciler.local.errors import LocalError
 
         p = auth(authorization, request)
+        try:
+            return start_inference(p, body)
+        except LocalError as exc:
+            err = api_error_from_local(exc)
+            raise ApiError(400, err.message) if err.status in (403, 404) else err from None
+        except ApiError as exc:
+            raise ApiError(400, exc.message) if exc.status in (403, 404) else exc from None
+
+    def start_inference(p: Principal, body: InferBody) -> Response:
+        from reconciler.local.errors import StateError
+
         group = group_of(p, body.groupName)
         pid, _, pname = project(p, body.projectIdentifier, group)
         require_on_project(p, PERM_RUN, pid, pname)

@@ -158,7 +158,10 @@ def router(ctx: ServeContext) -> APIRouter:
         return r.post(path, summary=summary, response_model=None)
 
     def auth(body: _Body, request: Request, permission: str) -> Principal:
-        p = ctx.authenticate(body.tkn, request, message="Invalid API key")
+        # astica's limits are per host ("the training and inference endpoints are separated.
+        # Each endpoint allows up to 90 requests per minute"): every /model/* call shares one.
+        host = "detect.astica.ai" if request.url.path.rstrip("/").endswith("/detect") else "train.astica.ai"
+        p = ctx.authenticate(body.tkn, request, message="Invalid API key", endpoint=host)
         p.require(permission)
         return p
 
@@ -304,8 +307,8 @@ def router(ctx: ServeContext) -> APIRouter:
         p = auth(body, request, PERM_RUN)
         model_id = model_id_of(p, body.model_id)
         version = (body.model_version or "").strip() or None
+        resolved = svc.resolve_version(p.owner, model_id, version)  # before a fetch of up to 20 s
         data = ctx.decode_input(body.input, "input")
-        resolved = svc.resolve_version(p.owner, model_id, version)
         pred = svc.predict(p.owner, model_id, [data], version=resolved.version)[0]
         out: dict[str, Any] = {
             "status": "OK",

@@ -155,20 +155,27 @@ class ServeContext:
 
     # -- auth + limits -----------------------------------------------------------
     def authenticate(
-        self, key: str | None, request: Request | None = None, *, message: str = "Invalid API key"
+        self,
+        key: str | None,
+        request: Request | None = None,
+        *,
+        message: str = "Invalid API key",
+        endpoint: str | None = None,
     ) -> Principal:
         """Check the key, then count the request against its limits.
 
         Raises ApiError(401) for a missing or unknown key and RateLimited when over a limit.
-        The per-endpoint bucket is the route's path template, so polling /jobs/{id}
-        for different ids shares one budget.
+        The per-endpoint bucket is ``endpoint`` when the dialect names one (astica: its host),
+        else the route's path template, so polling /jobs/{id} for different ids shares one
+        budget.
         """
         info = self.keys.lookup(key.strip() if isinstance(key, str) else None)
         if info is None:
             raise ApiError(401, message, code="auth")
         principal = Principal(key_id=key_id(key.strip()), owner=info.owner, info=info)  # type: ignore[union-attr]
         if self.limiter is not None:
-            endpoint = route_template(request) if request is not None else "/"
+            if endpoint is None:
+                endpoint = route_template(request) if request is not None else "/"
             wait = self.limiter.check(principal.key_id, endpoint)
             if wait is not None:
                 raise RateLimited(wait)
