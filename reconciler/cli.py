@@ -117,17 +117,16 @@ def plan(
     from reconciler.render import render_plan
 
     ws = _ws(ctx)
+    if out is not None:
+        out = _plan_out(ws, _in_project(ctx, out))
     try:
         planned = compute_plan(ws, _targets(target), locked=locked, progress=_progress_printer(json_out))
     finally:
         ws.close()
     p = planned.plan
-    if out is not None:
+    if out is not None and not p.errors:  # a plan with errors is never saved: apply must not carry it out
         from reconciler.atomic import write_atomic
 
-        out = _in_project(ctx, out)
-        if not out.parent.is_dir():
-            raise UserError(f"--out {out}: no such directory: {out.parent}")
         try:
             write_atomic(out, (json.dumps(p.to_json(), indent=1) + "\n").encode())
         except OSError as exc:
@@ -136,12 +135,24 @@ def plan(
         print(json.dumps(p.to_json(), indent=2))
     else:
         render_plan(p, _stdout())
-        if out is not None:
+        if out is not None and not p.errors:
             print(f"\nSaved the plan to {out}. Apply it with: modelsync apply {out}")
     if p.errors:
-        raise UserError(*p.errors)
+        raise UserError(*p.errors, *([f"--out {out}: not saved: the plan has errors"] if out is not None else []))
     if detailed_exitcode and p.changes:
         raise typer.Exit(2)
+
+
+def _plan_out(ws: Any, out: Path) -> Path:
+    """Check ``plan --out FILE`` before planning: its directory exists, and it is none of the
+    project's own files (the spec, the lock file), which the plan's JSON would overwrite."""
+    from reconciler.lockfile import LOCK_NAME
+
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: no such directory: {out.parent}")
+    if out.resolve() in (ws.spec_path, ws.project_dir / LOCK_NAME):
+        raise UserError(f"--out {out}: that is the project's {out.name}; name another file for the plan")
+    return out
 
 
 def _confirm(what: str, auto_approve: bool) -> None:
@@ -198,6 +209,8 @@ def _apply_like(
     ws = _ws(ctx)
     out = _stdout()
     command = "destroy" if destroy else "apply"
+    if planfile is not None and targets:
+        raise UserError("--target: not with a saved plan, which keeps the targets it was made with")
     try:
         with StateLock(ws.project_dir, command):
             if planfile is not None:
@@ -216,7 +229,10 @@ def _apply_like(
             p = planned.plan
             if reconcile_with_remote(planned.state, planned.refreshed.remotes):
                 save_state(ws.project_dir, planned.state)  # intents from an interrupted run, settled
-            render_plan(p, out)
+            if destroy and not p.operations and not p.errors:
+                out.print("Nothing to destroy: none of the models this spec manages is on the remote.")
+            else:
+                render_plan(p, out)
             if p.errors:
                 raise UserError(*p.errors)
             if p.mass_deletes and not allow_mass_delete:
@@ -241,7 +257,7 @@ def _apply_like(
                 save_state(ws.project_dir, planned.state)
             reporter = _reporter()
             result = Applier(ws, planned.state, planned.refreshed, parallelism=parallelism, reporter=reporter).run(p)
-            _report_result(result, p, out)
+            _report_result(result, out, "Destroy" if destroy else "Apply")
             _report_calls(ws, out)
             if not result.ok:
                 raise UserError(
@@ -304,24 +320,28 @@ def _report_calls(ws: Any, out: Any) -> None:
             )
 
 
-def _report_result(result: Any, plan: Any, out: Any) -> None:
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """"1 sample", "2 samples", "1,000 samples"."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
+def _report_result(result: Any, out: Any, command: str) -> None:
     d = result.done
     parts = []
-    if d["create_model"]:
-        parts.append(f"{d['create_model']} model{'s' if d['create_model'] != 1 else ''} created")
-    if d["delete_model"]:
-        parts.append(f"{d['delete_model']} model{'s' if d['delete_model'] != 1 else ''} deleted")
-    if d["upload_sample"]:
-        parts.append(f"{d['upload_sample']:,} samples uploaded")
-    if d["delete_sample"] or d["delete_class"]:
-        parts.append(f"{d['delete_sample']:,} samples and {d['delete_class']} classes deleted")
-    if d["update_sample"]:
-        parts.append(f"{d['update_sample']:,} samples updated")
-    if d["configure"]:
-        parts.append(f"{d['configure']} configured")
+    for op, noun, plural, verb in (
+        ("create_model", "model", None, "created"),
+        ("delete_model", "model", None, "deleted"),
+        ("upload_sample", "sample", None, "uploaded"),
+        ("delete_sample", "sample", None, "deleted"),
+        ("delete_class", "class", "classes", "deleted"),
+        ("update_sample", "sample", None, "updated"),
+        ("configure", "model", None, "configured"),
+    ):
+        if d[op]:
+            parts.append(f"{_count(d[op], noun, plural)} {verb}")
     for model, version in result.versions:
         parts.append(f"{model} trained as version {version}")
-    status = "Apply complete" if result.ok else "Apply stopped"
+    status = f"{command} complete" if result.ok else f"{command} stopped"
     out.print(f"\n{status}: {', '.join(parts) if parts else 'nothing done'}.")
 
 

@@ -41,10 +41,13 @@ def check_spec(ws: Workspace, targets: tuple[str, ...] = (), *, sources: bool = 
         from reconciler.resolve import source_diagnostics
 
         problems.extend(str(d) for d in source_diagnostics(spec, targets))
-    for t in targets:
-        if t not in spec.models:
-            known = ", ".join(sorted(spec.models)) or "none"
-            problems.append(f"--target: no model '{t}' in {ws.spec_path.name} (models: {known})")
+    undeclared = [t for t in targets if t not in spec.models]
+    if undeclared:  # a model the spec dropped but the state records can be named (to delete it)
+        recorded = load_state(ws.project_dir).models
+        for t in undeclared:
+            if t not in recorded:
+                known = ", ".join(sorted(spec.models)) or "none"
+                problems.append(f"--target: no model '{t}' in {ws.spec_path.name} (models: {known})")
     if problems:
         raise UserError(*problems)
 
@@ -200,7 +203,28 @@ def _check_fresh(ws: Workspace, plan: Plan, progress) -> Planned:
     for key, part in sorted(each.items()):
         if LockDigests(part).get(key) != recorded.get(key):
             raise StaleStateError(*_source_changes(ws, plan, [key], part, refreshed, state))
+    refusals = protected_deletes(ws, plan, state)
+    if refusals:
+        raise UserError(*refusals)
     return Planned(plan, resolved, state, refreshed, unverified)
+
+
+def protected_deletes(ws: Workspace, plan: Plan, state: State) -> list[str]:
+    """A saved plan's deletes of models under ``lifecycle.prevent_destroy``, as errors.
+
+    A plan file records no errors: one printed with ``plan --json`` despite them (exit 1), or
+    written by hand, must still not delete a protected model. Protected: so declared in the
+    spec, or so recorded in the state (a model since dropped from the spec keeps its rule)."""
+    out = []
+    for op in plan.operations:
+        if op.op != "delete_model":
+            continue
+        declared = ws.spec.models.get(op.model)
+        mstate = state.models.get(op.model)
+        if (declared is not None and declared.lifecycle.prevent_destroy) or (mstate and mstate.prevent_destroy):
+            verb = "replace" if declared is not None else "delete"
+            out.append(f"{op.model}: lifecycle.prevent_destroy is set; refusing to {verb} the model")
+    return out
 
 
 # At most this many changed sources are named when a saved plan is refused.

@@ -173,7 +173,7 @@ def test_a_source_unreadable_after_the_plan_does_not_stop_the_apply_but_is_not_l
     os.symlink(victim.name, loop)
     r = run_cli(applied, "apply", str(planfile))
     assert r.code == 0, r.out + r.err
-    assert "Apply complete" in r.out and "1 samples uploaded" in r.out
+    assert "Apply complete" in r.out and "1 sample uploaded" in r.out
     warning = [line for line in r.err.splitlines() if line.startswith("Warning:")]
     assert len(warning) == 1 and f"Warning: {LOCK} not updated: " in warning[0], r.err
     assert "data/square" in warning[0] and warning[0].endswith("; run plan again")

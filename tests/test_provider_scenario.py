@@ -219,5 +219,5 @@ def test_plan_apply_converges_through_the_cli(server, static_files, tmp_path, mo
     (project / "modelsync.yaml").write_text(spec.replace(f"'{circles[-1]}'", "").replace(", ]", "]"))
     r = run_cli(project, "apply", "--auto-approve")
     assert r.code == 0, r.err
-    assert "1 samples and 0 classes deleted" in r.out
+    assert "1 sample deleted" in r.out
     assert run_cli(project, "plan", "--detailed-exitcode").code == 0
