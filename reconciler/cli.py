@@ -231,6 +231,8 @@ def _apply_like(
                 save_state(ws.project_dir, planned.state)  # intents from an interrupted run, settled
             if destroy and not p.operations and not p.errors:
                 out.print("Nothing to destroy: none of the models this spec manages is on the remote.")
+                for warning in p.warnings:  # e.g. a provider that cannot delete models
+                    out.print(f"[yellow]Warning:[/yellow] {_escape(warning)}")
             else:
                 render_plan(p, out)
             if p.errors:

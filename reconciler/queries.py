@@ -9,7 +9,7 @@ from typing import Any
 from reconciler.errors import UserError
 from reconciler.model import ImageInput, InferenceStatus, Prediction
 from reconciler.providers import base as caps
-from reconciler.providers.base import NotFound, Provider, ProviderError
+from reconciler.providers.base import Provider, ProviderError
 from reconciler.sources import is_url
 from reconciler.state import load_state
 from reconciler.workspace import Workspace
@@ -59,6 +59,8 @@ def list_versions(ws: Workspace, key: str) -> list[dict[str, Any]]:
         rows.append(row)
     for rec in recorded.values():  # versions only the state remembers (vendors without a version list)
         rows.append({k: rec.get(k) for k in ("version", "dataset_digest", "config_digest", "trained_at", "metrics")})
+    for row in rows:  # the contract's {"accuracy", ...}: null where the vendor reports none (astica)
+        row["metrics"] = {"accuracy": None, **(row.get("metrics") or {})}
     rows.sort(key=lambda r: r["version"] or "", reverse=True)
     return rows
 
@@ -78,29 +80,37 @@ def render_versions(key: str, rows: list[dict[str, Any]], out: Any) -> None:
 
 
 def _load_inputs(ws: Workspace, inputs: list[str]) -> list[ImageInput]:
-    images = []
-    for text in inputs:
-        if is_url(text):
-            from reconciler.fetch import FetchError, fetch_url
+    """Each input's bytes, named as the user gave it; one that is not an image is refused here,
+    by that name (a vendor would only say which position of its batch it could not read)."""
+    images = [_load_input(ws, text) for text in inputs]
+    from reconciler.local.images import NOT_AN_IMAGE, sniff
 
-            try:
-                data = fetch_url(text)
-            except FetchError as exc:
-                raise UserError(f"cannot fetch {exc}") from None
-            images.append(ImageInput(name=text, data=data, url=text))
-            continue
-        path = Path(text)
-        if not path.is_absolute():
-            path = ws.workdir / path  # -C's directory, as git -C does
-        try:
-            images.append(ImageInput(name=text, data=path.read_bytes()))
-        except FileNotFoundError:
-            raise UserError(f"no such file: {text}") from None
-        except IsADirectoryError:
-            raise UserError(f"{text}: is a directory, not an image") from None
-        except OSError as exc:
-            raise UserError(f"cannot read {text}: {exc.strerror}") from None
+    for image in images:
+        if image.data is not None and sniff(image.data[:32]) is None:
+            raise UserError(f"{image.name}: {NOT_AN_IMAGE}")
     return images
+
+
+def _load_input(ws: Workspace, text: str) -> ImageInput:
+    if is_url(text):
+        from reconciler.fetch import FetchError, fetch_url
+
+        try:
+            data = fetch_url(text)
+        except FetchError as exc:
+            raise UserError(f"cannot fetch {exc}") from None
+        return ImageInput(name=text, data=data, url=text)
+    path = Path(text)
+    if not path.is_absolute():
+        path = ws.workdir / path  # -C's directory, as git -C does
+    try:
+        return ImageInput(name=text, data=path.read_bytes())
+    except FileNotFoundError:
+        raise UserError(f"no such file: {text}") from None
+    except IsADirectoryError:
+        raise UserError(f"{text}: is a directory, not an image") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {text}: {exc.strerror}") from None
 
 
 def predict(
@@ -117,10 +127,8 @@ def predict(
         preds = provider.predict(
             remote_id, version, images, confidence_thresh=confidence_thresh, overlap_thresh=overlap_thresh
         )
-    except NotFound as exc:
-        raise UserError(f"predict {key}: {exc}") from None
-    except ProviderError as exc:
-        raise UserError(f"predict {key}: {exc}") from None
+    except ProviderError as exc:  # NotFound too; the service's "model 7" is the spec's model here
+        raise UserError(f"predict {key}: {str(exc).replace(f'model {remote_id}:', f'model {key!r}:')}") from None
     return preds, ws.spec.models[key].purpose == "detection"
 
 

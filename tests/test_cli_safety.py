@@ -97,3 +97,15 @@ def test_result_lines_count_in_the_singular_and_plural(tmp_path: Path):
     r = run_cli(project, "apply", "--auto-approve")
     assert r.code == 0, r.err
     assert "1 sample deleted" in r.out and "1 samples" not in r.out
+
+
+def test_predict_names_the_input_and_the_model_in_its_refusals(tmp_path: Path):
+    project = copy_quickstart(tmp_path / "quickstart")
+    spec = project / "modelsync.yaml"
+    spec.write_text(spec.read_text().replace("auto: true", "auto: false"))
+    assert run_cli(project, "apply", "--auto-approve").code == 0
+    (project / "notes.png").write_text("not an image at all")
+    r = run_cli(project, "predict", "shapes", "unseen/circle-00.png", "notes.png")
+    assert r.code == 1 and r.err.strip() == "Error: notes.png: not an image (PNG, JPEG, GIF, BMP or WebP)"
+    r = run_cli(project, "predict", "shapes", "unseen/circle-00.png")
+    assert r.code == 1 and "model 'shapes': not trained yet" in r.err, r.err

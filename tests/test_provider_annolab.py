@@ -228,6 +228,8 @@ def test_infer_end_to_end_through_the_cli_against_a_serve_process(serve_process,
     (trainer / "modelsync.yaml").write_text(spec.replace("      config: {steps: 300, learning_rate: 0.1}\n", ""))
     r = run_cli(trainer, "apply", "--auto-approve")
     assert r.code == 0, r.out + r.err
+    r = run_cli(trainer, "versions", "shapes", "--json")  # astica reports no metrics: the key is still there
+    assert r.code == 0 and len(r.json()) == 1 and "accuracy" in r.json()[0]["metrics"], r.out
 
     project = tmp_path / "inference"
     project.mkdir()
