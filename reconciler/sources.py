@@ -15,7 +15,8 @@ from collections.abc import Callable
 from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import unquote, urlparse
+
+from specs.urls import file_url_path, file_url_problem, is_file_url
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})
 _IMAGE_SUFFIXES = tuple(IMAGE_EXTENSIONS)
@@ -69,7 +70,8 @@ that already ran (reconciler.walkahead)."""
 
 
 def is_url(text: str) -> bool:
-    return text.startswith(("http://", "https://"))
+    """An http(s) URL (the scheme in any case, as validation accepts it)."""
+    return text[:8].lower().startswith(("http://", "https://"))
 
 
 def _is_image_name(name: str) -> bool:
@@ -77,8 +79,9 @@ def _is_image_name(name: str) -> bool:
 
 
 def local_text(text: str) -> str:
-    """A local source as a path relative to the spec directory (or absolute): file:// decoded."""
-    return unquote(urlparse(text).path) if text.startswith("file://") else text
+    """A local source as a path relative to the spec directory (or absolute): file:// decoded.
+    A file URL's host is not part of the path: expand refuses one other than localhost."""
+    return file_url_path(text) if is_file_url(text) else text
 
 
 def is_glob(text: str) -> bool:
@@ -90,6 +93,8 @@ def expand(text: str, base_dir: Path, *, single: bool = False, walk: Walker | No
     ``walk`` lists a directory (default: walk_images)."""
     if is_url(text):
         return Items.of([SourceItem(display=text, url=text)])
+    if is_file_url(text) and (problem := file_url_problem(text)) is not None:
+        raise SourceError(f"{problem}, got {text!r}")  # load_spec refuses it first; never read '' (the spec dir)
     text = local_text(text)
     base = str(base_dir)
     if is_glob(text):

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from specs.diagnostics import Issue, SpecPath, format_path
 from specs.messages import suggest
 from specs.models import INFERENCE_ONLY_PROVIDERS, PROVIDER_FIELDS, TrainingSpec
+from specs.names import name_problem
 from specs.yamlread import plain_text
 
 Locate = Callable[[SpecPath], tuple[int, int]]
@@ -23,11 +24,11 @@ Locate = Callable[[SpecPath], tuple[int, int]]
 
 def check_spec(data: dict[str, Any], locate: Locate) -> list[Issue]:
     """Every semantic problem in the parsed spec ``data``."""
+    issues = _check_names(data)
     models = data.get("models")
     if not isinstance(models, dict):
-        return []
+        return issues
     names = _provider_names(data.get("providers"))
-    issues: list[Issue] = []
     titles: dict[tuple[str, str], str] = {}  # (provider, title) -> first model key
     for key, model in models.items():
         if not isinstance(model, dict):
@@ -48,6 +49,25 @@ def check_spec(data: dict[str, Any], locate: Locate) -> list[Issue]:
                 where = ("models", key, "title") if "title" in model else ("models", key)
                 message = f"title '{title}' is already used by model '{first}' on provider '{provider}'"
                 issues.append(Issue(where, message, at="value" if "title" in model else "node"))
+    return issues
+
+
+def _check_names(data: dict[str, Any]) -> list[Issue]:
+    """Provider names, model keys and class names: not empty, and no control characters."""
+    found: list[tuple[SpecPath, str]] = []
+    providers, models = data.get("providers"), data.get("models")
+    if isinstance(providers, dict):
+        found += [(("providers", name), "provider name") for name in providers]
+    for key, model in models.items() if isinstance(models, dict) else ():
+        found.append((("models", key), "model key"))
+        classes = model.get("classes") if isinstance(model, dict) else None
+        if isinstance(classes, dict):
+            found += [(("models", key, "classes", name), "class name") for name in classes]
+    issues = []
+    for path, what in found:
+        problem = name_problem(what, path[-1]) if isinstance(path[-1], str) else None
+        if problem is not None:
+            issues.append(Issue(path, problem, at="key"))
     return issues
 
 

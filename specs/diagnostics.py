@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from specs.names import has_control
+
 SpecPath = tuple[str | int, ...]
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -28,7 +30,15 @@ class Diagnostic:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.col}: "
-        return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
+        return one_line(f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}")
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters and line separators escaped (``\\n``): a diagnostic stays one
+    line even when a message quotes a name or value that holds one."""
+    if not has_control(text):
+        return text
+    return "".join(json.dumps(c)[1:-1] if has_control(c) else c for c in text)
 
 
 class SpecError(Exception):

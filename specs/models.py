@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -31,6 +30,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from specs.diagnostics import Diagnostic, SpecPath, format_path
+from specs.names import name_problem
+from specs.urls import file_url_problem, http_url_problem, is_file_url
 from specs.yamlread import Positions, plain_text
 
 ProviderType = Literal["local", "astica", "autogon", "annolab", "scenario"]
@@ -50,12 +51,21 @@ def _strict(title: str) -> ConfigDict:
 
 
 def _http_url(value: str | None) -> str | None:
+    """A base_url: checked here so that a bad one fails validate, not plan (no network)."""
     if value is None:
         return value
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise PydanticCustomError("http_url", "must be an http:// or https:// URL")
+    problem = http_url_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("http_url", problem)
     return value
+
+
+def _url_problem(value: str) -> str | None:
+    """What is wrong with a sample URL of a supported scheme (None: nothing, or not such a URL)."""
+    if is_file_url(value):
+        return file_url_problem(value)
+    scheme = value.partition(":")[0].lower()
+    return http_url_problem(value) if scheme in ("http", "https") else None
 
 
 class ProviderSpec(BaseModel):
@@ -161,6 +171,9 @@ def _check_sample_text(value: str) -> str:
         raise PydanticCustomError(
             "url_scheme", "unsupported URL scheme '{scheme}' (use http://, https:// or file://)", {"scheme": m.group(1)}
         )
+    problem = _url_problem(value) if m else None
+    if problem is not None:
+        raise PydanticCustomError("url_syntax", problem)
     return value
 
 
@@ -199,6 +212,9 @@ class SampleEntry(BaseModel):
     def _path(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise PydanticCustomError("empty_sample", "path must not be empty")
+        problem = file_url_problem(value) if value is not None and is_file_url(value) else None
+        if problem is not None:
+            raise PydanticCustomError("url_syntax", problem)
         return value
 
     @field_validator("url")
@@ -206,10 +222,12 @@ class SampleEntry(BaseModel):
     def _url(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        parts = urlsplit(value)
-        if parts.scheme == "file" or (parts.scheme in ("http", "https") and parts.netloc):
-            return value
-        raise PydanticCustomError("url", "url must be an http://, https:// or file:// URL")
+        if not re.match(r"(?i)(https?|file)://", value):
+            raise PydanticCustomError("url", "url must be an http://, https:// or file:// URL")
+        problem = _url_problem(value)
+        if problem is not None:
+            raise PydanticCustomError("url_syntax", problem)
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> SampleEntry:
@@ -293,6 +311,14 @@ class ModelSpec(BaseModel):
     )
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     lifecycle: LifecycleSpec = Field(default_factory=LifecycleSpec)
+
+    @field_validator("title")
+    @classmethod
+    def _title(cls, value: str | None) -> str | None:
+        problem = name_problem("title", value) if value is not None else None
+        if problem is not None:
+            raise PydanticCustomError("name", problem)
+        return value
 
     def title_or(self, key: str) -> str:
         """The remote title: ``title`` when given, else the model's key."""

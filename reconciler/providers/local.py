@@ -112,15 +112,14 @@ class LocalProvider(Provider):
 
     @classmethod
     def training_config_errors(cls, config: dict[str, Any]) -> list[tuple[str | None, str]]:
-        from reconciler.local.trainer import TrainingError, parse_config
+        from reconciler.local.trainer.config import config_problems
 
-        try:
-            parse_config(config)
-        except TrainingError as exc:
-            where, _, message = str(exc).partition(": ")
+        out: list[tuple[str | None, str]] = []
+        for problem in config_problems(config):  # all of them, not one per run
+            where, _, message = problem.partition(": ")
             key = where.removeprefix("training.config.")
-            return [(key if key in config else None, message or str(exc))]
-        return []
+            out.append((key if key in config else None, message or problem))
+        return out
     default_rate_limit = None
     default_total_rate_limit = None
     reads_locally = True
