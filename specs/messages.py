@@ -135,6 +135,8 @@ def _issue(err: dict[str, Any], redact: Redactor) -> Issue:
         hint = f"did you mean '{close}'?" if close else "expected one of: " + ", ".join(known)
         return Issue(loc, f"unknown key ({hint})" if known else "unknown key", at="key")
     if loc == ("version",):
+        if isinstance(value, str) and value.strip() == "1":  # version: "1", quoted
+            return Issue(loc, f"version must be the number 1, not the string {got} (write version: 1)", at="value")
         return Issue(loc, f"unsupported version {got} (this modelsync reads version 1)", at="value")
 
     special = _special(kind, loc, value, got)

@@ -141,6 +141,9 @@ def test_unsupported_version(errors):
     assert errors("version: 2\nmodels: {}\n") == [
         "modelsync.yaml:1:10: version: unsupported version 2 (this modelsync reads version 1)"
     ]
+    assert errors('version: "1"\nmodels: {}\n') == [
+        "modelsync.yaml:1:10: version: version must be the number 1, not the string '1' (write version: 1)"
+    ]
 
 
 def test_missing_version_and_models(errors):
