@@ -322,15 +322,12 @@ def _report_calls(ws: Any, out: Any) -> None:
             )
 
 
-def _count(n: int, noun: str, plural: str | None = None) -> str:
-    """"1 sample", "2 samples", "1,000 samples"."""
-    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
-
-
 def _report_result(result: Any, out: Any, command: str) -> None:
+    from reconciler.plan import plural
+
     d = result.done
     parts = []
-    for op, noun, plural, verb in (
+    for op, noun, many, verb in (
         ("create_model", "model", None, "created"),
         ("delete_model", "model", None, "deleted"),
         ("upload_sample", "sample", None, "uploaded"),
@@ -340,7 +337,7 @@ def _report_result(result: Any, out: Any, command: str) -> None:
         ("configure", "model", None, "configured"),
     ):
         if d[op]:
-            parts.append(f"{_count(d[op], noun, plural)} {verb}")
+            parts.append(f"{plural(d[op], noun, many)} {verb}")
     for model, version in result.versions:
         parts.append(f"{model} trained as version {version}")
     status = f"{command} complete" if result.ok else f"{command} stopped"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.engine import check_spec, resolve_spec
-from reconciler.plan import with_state_uids
+from reconciler.engine import capabilities, check_spec, resolve_spec
+from reconciler.model import DesiredModel, RemoteModel
+from reconciler.plan import NEVER_TRAINED, plan_model, plural, with_state_uids
 from reconciler.refresh import identities, refresh
-from reconciler.state import load_state
+from reconciler.state import ModelState, load_state
 from reconciler.workspace import Workspace
 
 
@@ -16,6 +17,7 @@ def compute_drift(ws: Workspace, targets: tuple[str, ...] = ()) -> dict[str, Any
     resolved = resolve_spec(ws, targets)
     state = load_state(ws.project_dir)
     refreshed = refresh(ws, identities(resolved.models), state, targets)
+    caps = capabilities(ws)
     models: dict[str, Any] = {}
     for key, desired in sorted(resolved.models.items()):
         remote = refreshed.remotes.get(key)
@@ -46,6 +48,7 @@ def compute_drift(ws: Workspace, targets: tuple[str, ...] = ()) -> dict[str, Any
         latest = remote.versions[0] if remote.versions else None
         recorded = mstate.versions[0] if mstate and mstate.versions else None
         entry["latest_version"] = latest.version if latest else (recorded or {}).get("version")
+        entry["training"] = training_drift(desired, remote, mstate, caps[desired.provider])
         models[key] = entry
     for key in sorted(refreshed.orphans):
         if key.endswith("#previous"):
@@ -55,6 +58,38 @@ def compute_drift(ws: Workspace, targets: tuple[str, ...] = ()) -> dict[str, Any
         models[key] = {"remote": "missing", "note": "in the state but removed from the remote"}
     in_sync = all(_in_sync(m) for m in models.values())
     return {"in_sync": in_sync, "models": models}
+
+
+def training_drift(
+    desired: DesiredModel, remote: RemoteModel, mstate: ModelState | None, caps: frozenset[str]
+) -> dict[str, Any] | None:
+    """What the spec's training would run again for (None: nothing), decided exactly as plan
+    decides its train op (plan_model), with the plan's reason."""
+    found = plan_model(desired, remote, mstate, caps)
+    decision = found.train
+    if decision is None:
+        return None
+    reason = next(op.reason for op in found.operations if op.op == "train")
+    failed = remote.training_status if remote.training_status in ("failed", "canceled") else None
+    return {
+        "never_trained": decision.latest is None,
+        "dataset_changed": decision.dataset_changed,
+        "config_changed": decision.config_changed,
+        "last_run": failed,
+        "reason": reason,
+    }
+
+
+def _training_lines(t: dict[str, Any]) -> list[str]:
+    """``training: ...`` lines for render_drift."""
+    changed = [name for name in ("dataset", "config") if t[f"{name}_changed"]]
+    if changed:
+        lines = [f"training: {' and '.join(changed)} changed since the last trained version ({t['reason']})"]
+    else:
+        lines = [f"training: {NEVER_TRAINED}"]
+    if t["last_run"]:
+        lines.append(f"training: the last training run {t['last_run']}")
+    return lines
 
 
 def _is_derived(uid: str) -> bool:
@@ -79,6 +114,7 @@ def _in_sync(m: dict[str, Any]) -> bool:
             "added_outside",
             "moved",
             "classes_not_declared",
+            "training",
         )
     )
 
@@ -92,25 +128,27 @@ def render_drift(report: dict[str, Any], out: Any) -> None:
             out.print(f"{key}: {m['note']}")
             continue
         if m.get("remote") == "missing":
-            out.print(f"{key}: missing on the remote ({m.get('not_uploaded', 0)} samples declared)")
+            out.print(f"{key}: missing on the remote ({plural(m.get('not_uploaded', 0), 'sample')} declared)")
             continue
         out.print(f"{key}: drifted")
         if m["not_uploaded"]:
-            out.print(f"  {m['not_uploaded']} declared samples not on the remote")
+            out.print(f"  {plural(m['not_uploaded'], 'declared sample')} not on the remote")
         if m["no_longer_declared"]:
-            out.print(f"  {m['no_longer_declared']} managed samples no longer declared")
+            out.print(f"  {plural(m['no_longer_declared'], 'managed sample')} no longer declared")
         if m["removed_outside"]:
             out.print(
-                f"  {len(m['removed_outside'])} samples removed outside modelsync: "
+                f"  {plural(len(m['removed_outside']), 'sample')} removed outside modelsync: "
                 + ", ".join(m["removed_outside"][:5])
             )
         if m["added_outside"]:
             out.print(
-                f"  {len(m['added_outside'])} samples added outside modelsync (unmanaged): "
+                f"  {plural(len(m['added_outside']), 'sample')} added outside modelsync (unmanaged): "
                 + ", ".join(m["added_outside"][:5])
             )
         if m["moved"]:
-            out.print(f"  {len(m['moved'])} samples in another class than declared")
+            out.print(f"  {plural(len(m['moved']), 'sample')} in another class than declared")
         if m["classes_not_declared"]:
             out.print("  classes on the remote not in the spec: " + ", ".join(m["classes_not_declared"]))
+        for line in _training_lines(m["training"]) if m.get("training") else ():
+            out.print(f"  {line}")
     out.print("In sync." if report["in_sync"] else "Drift detected.")

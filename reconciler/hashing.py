@@ -1,10 +1,12 @@
 """Content hashing of local files, with a stat-keyed cache so unchanged files cost a stat.
 
 The cache maps a path to (size, mtime_ns, inode, digest): when all three stat fields
-still match, the file is not read again. Cold hashing runs on every core, in
-batches, because small files are bound by per-file Python overhead rather than by
-sha256 itself (which releases the GIL only on large buffers), and in the background
-while the caller expands the next source (Hasher).
+still match, the file is not read again. Hashing also checks the magic bytes of the first
+chunk (read anyway), and only files that pass are cached: a cached file is a checked image,
+so a warm plan re-reads nothing and a non-image is refused at every plan, before anything is
+sent. Cold hashing runs on every core, in batches, because small files are bound by
+per-file Python overhead rather than by sha256 itself (which releases the GIL only on
+large buffers), and in the background while the caller expands the next source (Hasher).
 
 Measured on 100k 1.7 KB PNGs, 2 cores (bench/bench_first_plan.py, bench/README.md):
 the cache file holds packed columns per directory (see HashCache), files to check come
@@ -28,7 +30,9 @@ from typing import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
 
-CACHE_VERSION = 3
+# 4: only files whose magic bytes name an accepted image format are cached. A version 3
+# cache may hold files never checked, so it is dropped (one full re-hash after upgrading).
+CACHE_VERSION = 4
 _HEX = 64  # characters of a sha256 hex digest
 _CHUNK = 1 << 20
 # Below this many files and bytes to hash, a process pool costs more than it saves: starting
@@ -52,27 +56,56 @@ class StatColumns(NamedTuple):
     inode: list[int]
 
 
-def hash_file(path: str) -> str:
-    """sha256 of a file's bytes as ``sha256:<hex>``."""
+NOT_AN_IMAGE = "not an image (PNG, JPEG, GIF, BMP or WebP)"
+# The formats the embedded backend stores (reconciler/local/images.py, sniff): refusing the rest
+# here keeps a bad sample from failing an apply half-way, after the model was created.
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+_BMP_MIN = 26  # a BMP header is at least this long
+
+
+class NotAnImageError(Exception):
+    """A sample whose first bytes name none of the accepted image formats; args: (path,)."""
+
+
+HashError = OSError | NotAnImageError  # why a file has no digest
+
+
+def is_image_head(head: bytes) -> bool:
+    """Whether a file's first bytes (at least 32 of them, or all of a shorter file) announce
+    an accepted image format. Magic bytes only: a damaged image still fails at upload."""
+    if head.startswith(_IMAGE_MAGIC):
+        return not head.startswith(b"BM") or len(head) >= _BMP_MIN
+    return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+
+
+def hash_image(path: str) -> str:
+    """sha256 of an image file's bytes as ``sha256:<hex>``; NotAnImageError (without reading
+    further) when its first chunk is not an accepted image format."""
     h = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY)
     try:
-        while chunk := os.read(fd, _CHUNK):
+        chunk = os.read(fd, _CHUNK)
+        if not is_image_head(chunk):
+            raise NotAnImageError(path)
+        while chunk:
             h.update(chunk)
+            chunk = os.read(fd, _CHUNK)
     finally:
         os.close(fd)
     return "sha256:" + h.hexdigest()
 
 
-def _hash_batch(paths: Sequence[str]) -> list[str | OSError]:
-    """Digests, or the OSError that stopped a file being read (so one bad file names itself
-    instead of aborting the batch)."""
-    out: list[str | OSError] = []
+def _hash_batch(paths: Sequence[str]) -> list[str | HashError]:
+    """Digests, or the OSError or NotAnImageError that stopped a file being hashed (so one bad
+    file names itself instead of aborting the batch)."""
+    out: list[str | HashError] = []
     for p in paths:
         try:
-            out.append(hash_file(p))
+            out.append(hash_image(p))
         except OSError as exc:
             out.append(OSError(exc.errno, exc.strerror, p))
+        except NotAnImageError as exc:
+            out.append(exc)
     return out
 
 
@@ -199,7 +232,7 @@ def _unpack(code: str, text: str) -> array:
 class HashCache:
     """The on-disk cache under ``.modelsync/cache/hashes.json``.
 
-    Format 3: ``{"version": 3, "dirs": {dir: {"names", "size", "mtime_ns", "inode", "sha256"}}}``,
+    Format 4: ``{"version": 4, "dirs": {dir: {"names", "size", "mtime_ns", "inode", "sha256"}}}``,
     one _Dir per directory, packed. Per directory and in columns, because a directory walk
     yields a directory's files together and in name order: an unchanged directory is then
     recognised by comparing whole columns (C-speed) instead of looking up each file
@@ -215,12 +248,6 @@ class HashCache:
             raw = json.loads(path.read_bytes())
             if raw.get("version") == CACHE_VERSION:
                 self._dirs = {d: _Dir.from_json(cols) for d, cols in raw["dirs"].items()}
-            elif raw.get("version") == 2:  # the same columns as plain JSON lists: still good, rewritten as 3
-                self._dirs = {
-                    d: _Dir(c[0], array("q", c[1]), array("q", c[2]), array("Q", c[3]), c[4])
-                    for d, c in raw["dirs"].items()
-                }
-                self._changed = True
         except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
             self._dirs = {}  # a missing, old or corrupt cache only costs re-hashing
 
@@ -331,11 +358,12 @@ class HashCache:
 
 class _Batch(NamedTuple):
     """One HashCache.check: the digests known so far (None: to hash, or not stat-able), the
-    errors of files that could not be read, and what record() needs to store the rest."""
+    errors of files that could not be read or are not images, and what record() needs to
+    store the rest."""
 
     stats: StatColumns
     out: list[str | None]
-    errors: dict[int, OSError]
+    errors: dict[int, HashError]
     missing: list[int]  # positions to hash
     fresh: list[tuple[str, int, int]]  # (directory, start, stop): runs of directories the cache never saw
     known: list[int]  # positions to hash in directories the cache knows
@@ -401,11 +429,11 @@ class Hasher:
 
     def finish(
         self, on_progress: Callable[[int, int], None] | None = None
-    ) -> list[tuple[list[str | None], dict[int, OSError]]]:
+    ) -> list[tuple[list[str | None], dict[int, HashError]]]:
         """Per batch, in the order added: the digest of each file (None for one that could not
-        be read, or a ``size`` -1 one, which the caller reports) and the OSError of each file
-        that could not be read, by position. ``on_progress(done, total)`` is called with
-        done 0 before waiting for any hashing, then as parts finish."""
+        be read or is not an image, or a ``size`` -1 one, which the caller reports) and the
+        OSError or NotAnImageError of each such file, by position. ``on_progress(done, total)``
+        is called with done 0 before waiting for any hashing, then as parts finish."""
         total, done = self._to_hash, 0
         if total and on_progress is not None:
             on_progress(0, total)
@@ -446,11 +474,11 @@ def _fill(out: list[str | None], positions: list[int], values: list[str | None])
             out[i] = value
 
 
-def _hash_paths(paths: list[str]) -> tuple[str, dict[int, OSError]]:
+def _hash_paths(paths: list[str]) -> tuple[str, dict[int, HashError]]:
     """Worker: the hex digests of ``paths`` joined by newlines (one small object to send
     back), and the errors by offset ("" in the text for those)."""
     hexes: list[str] = []
-    errors: dict[int, OSError] = {}
+    errors: dict[int, HashError] = {}
     for offset, digest in enumerate(_hash_batch(paths)):
         if isinstance(digest, str):
             hexes.append(digest[7:])

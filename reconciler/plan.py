@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from reconciler.model import (
     DERIVED_UID_PREFIX,
@@ -117,6 +117,8 @@ class Plan:
     operations: list[Operation] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     unmanaged: dict[str, int] = field(default_factory=dict)  # model -> foreign samples left alone
+    # model -> managed samples the spec no longer declares, kept because of ``prune: none``
+    no_longer_declared: dict[str, int] = field(default_factory=dict)
     mass_deletes: dict[str, tuple[int, int]] = field(default_factory=dict)  # model -> (deleted, of)
     errors: list[str] = field(default_factory=list)  # plan-level refusals (prevent_destroy)
     # What the plan was computed from, to refuse it when stale.
@@ -146,6 +148,7 @@ class Plan:
             "operations": [op.to_json() for op in self.operations],
             "warnings": self.warnings,
             "unmanaged": self.unmanaged,
+            "no_longer_declared": self.no_longer_declared,
             "mass_deletes": {k: {"delete": d, "of": n} for k, (d, n) in self.mass_deletes.items()},
             "meta": {
                 "spec_digest": self.spec_digest,
@@ -171,6 +174,7 @@ class Plan:
             operations=[Operation.from_json(o) for o in raw.get("operations", [])],
             warnings=list(raw.get("warnings", [])),
             unmanaged=dict(raw.get("unmanaged", {})),
+            no_longer_declared=dict(raw.get("no_longer_declared", {})),
             mass_deletes={k: (v["delete"], v["of"]) for k, v in raw.get("mass_deletes", {}).items()},
             spec_digest=meta.get("spec_digest"),
             state_serial=meta.get("state_serial"),
@@ -355,17 +359,24 @@ def _short(digest: str | None) -> str:
     return (digest or "none")[:19] + "…" if digest else "none"
 
 
+class ModelPlan(NamedTuple):
+    """What plan_model found for one model."""
+
+    operations: list[Operation]
+    warnings: list[str]
+    unmanaged: int  # remote samples modelsync did not upload, left alone
+    mass: tuple[int, int] | None  # (deleted, total) when more than half the remote samples would go
+    kept: int  # managed samples no longer declared, kept because of prune: none
+    train: TrainDecision | None  # why the train op (if any) is planned
+
+
 def plan_model(
     desired: DesiredModel,
     remote: RemoteModel | None,
     mstate: ModelState | None,
     capabilities: frozenset[str],
-) -> tuple[list[Operation], list[str], int, tuple[int, int] | None]:
-    """The operations that make one remote model match the desired one.
-
-    Returns (operations, warnings, unmanaged sample count, (deleted, total) when more
-    than half the remote samples would go).
-    """
+) -> ModelPlan:
+    """The operations that make one remote model match the desired one."""
     ops: list[Operation] = []
     warnings: list[str] = []
     key = desired.key
@@ -476,14 +487,18 @@ def plan_model(
                 delete(keep, "caption or boxes changed")
                 upload(want, "caption or boxes changed")
 
-    unmanaged = 0
+    unmanaged = kept = 0
     for uid, first in by_uid.items():  # remote uids the spec no longer declares
+        managed = _is_managed(uid, mstate)
         for s in copies.get(uid, (first,)):
-            if desired.prune == "all" or (desired.prune == "managed" and _is_managed(uid, mstate)):
+            if desired.prune == "all" or (desired.prune == "managed" and managed):
                 delete(s, "no longer declared")
                 removed += 1
             else:
-                unmanaged += 1
+                if managed:
+                    kept += 1
+                else:
+                    unmanaged += 1
                 kept_pairs.append((s.class_name, _known_digest(s, mstate) or f"remote:{s.remote_id}"))
     for s in foreign:
         if desired.prune == "all":
@@ -523,8 +538,30 @@ def plan_model(
     if remote_samples and deleted_total * 2 > len(remote_samples):
         mass = (deleted_total, len(remote_samples))
 
-    ops.extend(_training_ops(desired, remote, mstate, capabilities, kept_pairs, added, removed, warnings))
-    return ops, warnings, unmanaged, mass
+    training, decision = _training_ops(desired, remote, mstate, capabilities, kept_pairs, added, removed, warnings)
+    ops.extend(training)
+    return ModelPlan(ops, warnings, unmanaged, mass, kept, decision)
+
+
+NEVER_TRAINED = "never trained"
+
+
+@dataclass(frozen=True)
+class TrainDecision:
+    """Why the spec's training runs again: the digests it wants, and the latest trained
+    version's (None: never trained). Shared by plan (the train op) and status (drift)."""
+
+    dataset_digest: str
+    config_digest: str
+    latest: dict[str, Any] | None
+
+    @property
+    def dataset_changed(self) -> bool:
+        return self.latest is not None and self.latest.get("dataset_digest") != self.dataset_digest
+
+    @property
+    def config_changed(self) -> bool:
+        return self.latest is not None and self.latest.get("config_digest") != self.config_digest
 
 
 def _training_ops(
@@ -536,7 +573,7 @@ def _training_ops(
     added: int,
     removed: int,
     warnings: list[str],
-) -> list[Operation]:
+) -> tuple[list[Operation], TrainDecision | None]:
     ops: list[Operation] = []
     t = desired.training
     key = desired.key
@@ -547,24 +584,65 @@ def _training_ops(
         changes = config_changes(current, t.config)
         if changes:
             ops.append(Operation("configure", key, config=dict(t.config), changes=changes))
+    decision = _train_decision(desired, remote, mstate, capabilities, kept_pairs, warnings)
+    if decision is None:
+        return ops, None
+    latest = decision.latest or {}
+    ops.append(
+        Operation(
+            "train",
+            key,
+            dataset_digest=decision.dataset_digest,
+            config_digest=decision.config_digest,
+            previous_dataset_digest=latest.get("dataset_digest"),
+            previous_config_digest=latest.get("config_digest"),
+            model_type=t.model_type,
+            base=t.base,
+            config=dict(t.config),
+            reason=_train_reason(decision, t.config, added, removed),
+        )
+    )
+    return ops, decision
+
+
+def _train_decision(
+    desired: DesiredModel,
+    remote: RemoteModel | None,
+    mstate: ModelState | None,
+    capabilities: frozenset[str],
+    kept_pairs: list[tuple[str, str]],
+    warnings: list[str],
+) -> TrainDecision | None:
+    """The decision to train (None: no train op): with auto training, when the dataset (the
+    declared samples plus ``kept_pairs``, the remote ones that stay) or the config differs from
+    the latest trained version's, or there is none."""
+    t = desired.training
+    key = desired.key
     if not t.auto or caps.CAP_TRAIN not in capabilities:
-        return ops
+        return None
     if remote is not None and remote.training_status in ("queued", "training"):
         warnings.append(f"{key}: a training run is in progress on the remote; not planning another")
-        return ops
+        return None
     pairs = [(s.class_name, s.digest) for s in desired.samples.values()] + kept_pairs
     classes_with_samples = {c for c, _ in pairs}
     if desired.purpose == "classification" and len(classes_with_samples) < 2:
-        return ops
+        return None
     if desired.purpose == "detection" and not any(s.boxes for s in desired.samples.values()):
         warnings.append(f"{key}: detection model has no boxes; not training")
-        return ops
-    want_dataset = dataset_digest(pairs)
-    want_config = desired.config_digest
-    latest = _latest_version(remote, mstate)
+        return None
+    decision = TrainDecision(dataset_digest(pairs), desired.config_digest, _latest_version(remote, mstate))
+    if decision.latest is None or decision.dataset_changed or decision.config_changed:
+        return decision
+    return None
+
+
+def _train_reason(decision: TrainDecision, config: dict[str, Any], added: int, removed: int) -> str:
+    """The train op's reason: each of dataset and config that changed, with what changed."""
+    latest = decision.latest
     if latest is None:
-        reason = "never trained"
-    elif latest.get("dataset_digest") != want_dataset:
+        return NEVER_TRAINED
+    parts: list[str] = []
+    if decision.dataset_changed:
         detail = ", ".join(
             p
             for p in (
@@ -573,30 +651,23 @@ def _training_ops(
             )
             if p
         )
-        reason = f"dataset {_short(latest.get('dataset_digest'))} -> {_short(want_dataset)}"
-        reason += f", {detail}" if detail else ""
-    elif latest.get("config_digest") != want_config:
-        changes = config_changes(latest.get("config"), t.config) if latest.get("config") is not None else ()
-        reason = f"config {_short(latest.get('config_digest'))} -> {_short(want_config)}"
-        if changes:
-            reason += ": " + "; ".join(changes)
-    else:
-        return ops
-    ops.append(
-        Operation(
-            "train",
-            key,
-            dataset_digest=want_dataset,
-            config_digest=want_config,
-            previous_dataset_digest=(latest or {}).get("dataset_digest"),
-            previous_config_digest=(latest or {}).get("config_digest"),
-            model_type=t.model_type,
-            base=t.base,
-            config=dict(t.config),
-            reason=reason,
-        )
-    )
-    return ops
+        reason = f"dataset {_short(latest.get('dataset_digest'))} -> {_short(decision.dataset_digest)}"
+        parts.append(reason + (f", {detail}" if detail else ""))
+    if decision.config_changed:
+        changes = config_changes(latest.get("config"), config) if latest.get("config") is not None else ()
+        reason = f"config {_short(latest.get('config_digest'))} -> {_short(decision.config_digest)}"
+        parts.append(reason + (": " + "; ".join(changes) if changes else ""))
+    return "; ".join(parts)
+
+
+def mass_delete_warning(key: str, deleted: int, total: int) -> str:
+    """The plan's warning for a mass delete (in the JSON ``warnings`` and the human output)."""
+    return f"{key}: this plan removes {deleted:,} of {plural(total, 'sample')}; apply needs --allow-mass-delete"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 sample``, ``2 samples`` (``many``: the plural when it is not ``word + "s"``)."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
 
 
 def build_plan(
@@ -639,15 +710,18 @@ def build_plan(
             )
             continue
         mstate = state.models.get(key)
-        ops, warns, unmanaged, mass = plan_model(model, remote, mstate, capabilities[model.provider])
-        plan.operations.extend(ops)
-        plan.warnings.extend(warns)
+        found = plan_model(model, remote, mstate, capabilities[model.provider])
+        plan.operations.extend(found.operations)
+        plan.warnings.extend(found.warnings)
         if remote is not None:
             plan.warnings.extend(attribute_drift(model, remote))
-        if unmanaged:
-            plan.unmanaged[key] = unmanaged
-        if mass:
-            plan.mass_deletes[key] = mass
+        if found.unmanaged:
+            plan.unmanaged[key] = found.unmanaged
+        if found.kept:
+            plan.no_longer_declared[key] = found.kept
+        if found.mass:
+            plan.mass_deletes[key] = found.mass
+            plan.warnings.append(mass_delete_warning(key, *found.mass))
         old = (orphans or {}).get(f"{key}#previous")
         if old is not None and mstate is not None and (remote is None or mstate.remote_id != remote.remote_id):
             read[f"{key}#previous"] = old

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from reconciler.plan import Operation, Plan
+from reconciler.plan import Operation, Plan, plural
 
 SHOWN_PER_CLASS = 10
 
@@ -68,7 +68,7 @@ def _model_line(op: Operation, out: Any) -> None:
         out.print(f'  [green]+[/green] model "{_esc(op.title or op.model)}" (provider {_esc(op.provider or "")})')
     else:
         out.print(
-            f'  [red]-[/red] model "{_esc(op.title or op.model)}" with {op.samples or 0} samples'
+            f'  [red]-[/red] model "{_esc(op.title or op.model)}" with {plural(op.samples or 0, "sample")}'
             f" ({_esc(op.reason or '')})"
         )
 
@@ -83,7 +83,7 @@ def _sample_lines(ops: list[Operation], out: Any) -> None:
         class_delete = next((o for o in class_ops if o.op == "delete_class"), None)
         if class_delete:
             out.print(
-                f"  [red]-[/red] class {_esc(cls)} with {class_delete.samples or 0} samples "
+                f"  [red]-[/red] class {_esc(cls)} with {plural(class_delete.samples or 0, 'sample')} "
                 f"({_esc(class_delete.reason or '')})"
             )
             class_ops = [o for o in class_ops if o is not class_delete]
@@ -115,41 +115,39 @@ def _sample_lines(ops: list[Operation], out: Any) -> None:
 
 def _render_notes(plan: Plan, out: Any) -> None:
     for key, n in sorted(plan.unmanaged.items()):
-        out.print(f"[dim]Note: {_esc(key)} has {n} remote samples modelsync did not upload; left alone.[/dim]")
-    for warning in plan.warnings:
-        out.print(f"[yellow]Warning:[/yellow] {_esc(warning)}")
-    for key, (deleted, total) in sorted(plan.mass_deletes.items()):
         out.print(
-            f"[yellow]Warning:[/yellow] {_esc(key)}: this plan removes {deleted} of {total} samples; "
-            "apply needs --allow-mass-delete"
+            f"[dim]Note: {_esc(key)} has {plural(n, 'remote sample')} modelsync did not upload; left alone.[/dim]"
         )
+    for key, n in sorted(plan.no_longer_declared.items()):
+        out.print(
+            f"[dim]Note: {_esc(key)} has {plural(n, 'managed sample')} no longer declared; "
+            "kept (prune: none).[/dim]"
+        )
+    for warning in plan.warnings:  # a mass delete's among them (plan.mass_delete_warning)
+        out.print(f"[yellow]Warning:[/yellow] {_esc(warning)}")
     for error in plan.errors:
         out.print(f"[red]Error:[/red] {_esc(error)}")
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def summary_line(plan: Plan) -> str:
     s = plan.summary()
     parts: list[str] = []
     if s.get("create_model"):
-        parts.append(f"{_plural(s['create_model'], 'model')} to create")
+        parts.append(f"{plural(s['create_model'], 'model')} to create")
     if s.get("delete_model"):
-        parts.append(f"{_plural(s['delete_model'], 'model')} to delete")
+        parts.append(f"{plural(s['delete_model'], 'model')} to delete")
     if s.get("delete_class"):
-        parts.append(f"{_plural(s['delete_class'], 'class')} to delete".replace("classs", "classes"))
+        parts.append(f"{plural(s['delete_class'], 'class', 'classes')} to delete")
     if s.get("upload_sample"):
-        parts.append(f"{_plural(s['upload_sample'], 'sample')} to upload")
+        parts.append(f"{plural(s['upload_sample'], 'sample')} to upload")
         if s.get("delete_sample"):
             parts.append(f"{s['delete_sample']:,} to delete")
     elif s.get("delete_sample"):
-        parts.append(f"{_plural(s['delete_sample'], 'sample')} to delete")
+        parts.append(f"{plural(s['delete_sample'], 'sample')} to delete")
     if s.get("update_sample"):
-        parts.append(f"{_plural(s['update_sample'], 'sample')} to update")
+        parts.append(f"{plural(s['update_sample'], 'sample')} to update")
     if s.get("configure"):
-        parts.append(f"{_plural(s['configure'], 'config')} to change")
+        parts.append(f"{plural(s['configure'], 'config')} to change")
     if s.get("train"):
-        parts.append(_plural(s["train"], "training run"))
+        parts.append(plural(s["train"], "training run"))
     return "Plan: " + ", ".join(parts) + "."

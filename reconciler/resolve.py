@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.fetch import FetchError, UrlCache
-from reconciler.hashing import Hasher, StatColumns
+from reconciler.hashing import NOT_AN_IMAGE, Hasher, NotAnImageError, StatColumns, is_image_head
 from reconciler.model import Box, DesiredModel, DesiredSample, TrainingSettings, derived_uid
 from reconciler.sources import Items, SourceError, Walker, expand
 
@@ -193,7 +193,12 @@ def _finish_hashing(entries: list[_Entry], hasher: Hasher, spec: Any, diagnostic
     for e, (digests, errors) in zip(entries, hasher.finish(on_progress), strict=True):
         e.digests = digests
         for i, exc in sorted(errors.items()):
-            diagnostics.append(spec.diagnostic(e.spec_path, f"cannot read {e.items.display[i]}: {exc.strerror}"))
+            shown = e.items.display[i]
+            if isinstance(exc, NotAnImageError):
+                message = f"{shown}: {NOT_AN_IMAGE}"
+            else:
+                message = f"cannot read {shown}: {exc.strerror}"
+            diagnostics.append(spec.diagnostic(e.spec_path, message))
 
 
 def _stat_items(e: _Entry, spec: Any, diagnostics: list) -> None:
@@ -218,7 +223,7 @@ def _throttled_progress(progress):
     def report(done: int, total: int) -> None:
         now = time.monotonic()
         if done == 0:
-            progress(f"hashing {total:,} files")
+            progress(f"hashing {total:,} file{'' if total == 1 else 's'}")
         elif done < total and now - last[0] >= PROGRESS_EVERY_SECONDS:
             last[0] = now
             progress(f"hashing {done:,}/{total:,} files")
@@ -249,9 +254,23 @@ def _fetch_urls(entries: list[_Entry], cache_dir: Path, spec: Any, diagnostics: 
             if isinstance(got, str):
                 diagnostics.append(spec.diagnostic(e.spec_path, f"cannot fetch {got}"))
                 e.digests.append(None)
+            elif not _fetched_is_image(cache, got[0]):
+                diagnostics.append(spec.diagnostic(e.spec_path, f"{url}: {NOT_AN_IMAGE}"))
+                e.digests.append(None)
             else:
                 e.digests.append(got[0])
                 e.items.size[i] = got[1]
+
+
+def _fetched_is_image(cache: UrlCache, digest: str) -> bool:
+    """Whether the fetched bytes of ``digest`` start like an accepted image: the head of the
+    cached blob (32 bytes; the network round trip dominates). A blob gone from the cache is
+    given the benefit of the doubt: apply fetches it again and the provider checks it."""
+    try:
+        with open(cache.blob_path(digest), "rb") as f:
+            return is_image_head(f.read(32))
+    except OSError:
+        return True
 
 
 def _assemble(

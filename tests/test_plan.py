@@ -87,7 +87,7 @@ def remote_of(model: DesiredModel, trained: bool = True) -> RemoteModel:
 
 
 def ops_of(model, remote, mstate=None, caps=CAPS):
-    ops, _warnings, _unmanaged, _mass = plan_model(model, remote, mstate, caps)
+    ops = plan_model(model, remote, mstate, caps).operations
     return [(o.op, o.class_name, o.uid) for o in ops]
 
 
@@ -153,10 +153,10 @@ def test_foreign_samples_are_left_alone_unless_prune_all():
     model = desired(A, B, C)
     remote = remote_of(model)
     remote.samples.append(RemoteSample("900", "their-own", "circle"))
-    ops, _, unmanaged, _ = plan_model(model, remote, None, CAPS)
+    ops, _, unmanaged, *_ = plan_model(model, remote, None, CAPS)
     assert unmanaged == 1
     assert not [o for o in ops if o.op == "delete_sample"]
-    ops, _, unmanaged, _ = plan_model(desired(A, B, C, prune="all"), remote, None, CAPS)
+    ops, _, unmanaged, *_ = plan_model(desired(A, B, C, prune="all"), remote, None, CAPS)
     assert [(o.op, o.uid) for o in ops if o.op == "delete_sample"] == [("delete_sample", "their-own")]
 
 
@@ -182,7 +182,7 @@ def test_a_uid_less_remote_sample_with_the_declared_class_and_bytes_is_adopted_n
     twice = remote_of(desired(A))
     (only,) = twice.samples
     twice.samples = [dataclasses.replace(only, uid=None), dataclasses.replace(only, uid=None, remote_id="copy")]
-    _, _, unmanaged, _ = plan_model(desired(A), twice, None, CAPS)
+    unmanaged = plan_model(desired(A), twice, None, CAPS).unmanaged
     assert unmanaged == 1  # one copy adopted, the other stays foreign
 
 
@@ -226,7 +226,7 @@ def test_config_change_retrains_and_says_why():
 def test_mass_delete_is_flagged():
     old = desired(A, B, C, sample("square", "d"))
     new = desired(A, sample("square", "e"))
-    _, _, _, mass = plan_model(new, remote_of(old), None, CAPS)
+    mass = plan_model(new, remote_of(old), None, CAPS).mass
     assert mass == (3, 4)
 
 
@@ -322,3 +322,37 @@ def test_applying_the_plan_reaches_the_desired_state_and_replanning_is_empty(bef
 
 def want_pairs(model: DesiredModel):
     return [(s.class_name, s.digest) for s in model.samples.values()]
+
+
+def test_prune_none_keeps_managed_samples_as_such_not_as_unmanaged():
+    remote = remote_of(desired(A, B, C))
+    remote.samples.append(RemoteSample("900", "their-own", "circle"))
+    found = plan_model(desired(A, C, prune="none"), remote, None, CAPS)
+    assert not [o for o in found.operations if o.op == "delete_sample"]
+    assert (found.unmanaged, found.kept) == (1, 1)  # their-own is foreign; B was uploaded by modelsync
+    plan = build_plan({"shapes": desired(A, C, prune="none")}, {"shapes": remote}, State(), {"lab": CAPS})
+    assert (plan.unmanaged, plan.no_longer_declared) == ({"shapes": 1}, {"shapes": 1})
+    assert Plan.from_json(plan.to_json()).no_longer_declared == {"shapes": 1}
+
+
+def test_dataset_and_config_changed_together_are_both_the_reason():
+    model = desired(A, B, C)
+    remote = remote_of(model)
+    mstate = ModelState(
+        "lab", "local", "Shapes", "1", versions=[{"version": "20260101_000000", "config": {"steps": 10}}]
+    )
+    changed = dataclasses.replace(
+        desired(A, B, C, sample("square", "d")), training=TrainingSettings(config={"steps": 20})
+    )
+    found = plan_model(changed, remote, mstate, CAPS)
+    (train,) = [o for o in found.operations if o.op == "train"]
+    assert train.reason.startswith("dataset ") and ", 1 sample added; config " in train.reason
+    assert train.reason.endswith("steps: 10 -> 20")
+    assert (found.train.dataset_changed, found.train.config_changed) == (True, True)
+
+
+def test_a_mass_delete_is_a_plan_warning_too():
+    old = desired(A, B, C, sample("square", "d"))
+    plan = build_plan({"shapes": desired(A)}, {"shapes": remote_of(old)}, State(), {"lab": CAPS})
+    assert plan.mass_deletes == {"shapes": (3, 4)}
+    assert plan.to_json()["warnings"] == ["shapes: this plan removes 3 of 4 samples; apply needs --allow-mass-delete"]

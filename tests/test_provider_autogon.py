@@ -299,7 +299,7 @@ def test_a_lost_state_adopts_the_uploaded_images_instead_of_copying_them(
     assert r.code == 1 and not state_file.exists(), r.out + r.err
     r = run_cli(project, "apply", "--auto-approve")
     assert r.code == 0, r.err
-    assert "1 samples uploaded" in r.out, r.out  # s6 only: no second copy of the six
+    assert "1 sample uploaded" in r.out, r.out  # s6 only: no second copy of the six
     now = {s.remote_id for s in remote_images()}
     assert len(now) == 7 and uploaded < now
     recorded = json.loads(state_file.read_text())["models"]["boxes"]["samples"]
