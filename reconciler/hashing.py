@@ -27,6 +27,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from reconciler.local.magic import sniff
+
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
 
@@ -56,13 +58,6 @@ class StatColumns(NamedTuple):
     inode: list[int]
 
 
-NOT_AN_IMAGE = "not an image (PNG, JPEG, GIF, BMP or WebP)"
-# The formats the embedded backend stores (reconciler/local/images.py, sniff): refusing the rest
-# here keeps a bad sample from failing an apply half-way, after the model was created.
-_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
-_BMP_MIN = 26  # a BMP header is at least this long
-
-
 class NotAnImageError(Exception):
     """A sample whose first bytes name none of the accepted image formats; args: (path,)."""
 
@@ -73,9 +68,7 @@ HashError = OSError | NotAnImageError  # why a file has no digest
 def is_image_head(head: bytes) -> bool:
     """Whether a file's first bytes (at least 32 of them, or all of a shorter file) announce
     an accepted image format. Magic bytes only: a damaged image still fails at upload."""
-    if head.startswith(_IMAGE_MAGIC):
-        return not head.startswith(b"BM") or len(head) >= _BMP_MIN
-    return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    return sniff(head) is not None
 
 
 def hash_image(path: str) -> str:

@@ -726,7 +726,7 @@ def build_plan(
         if old is not None and mstate is not None and (remote is None or mstate.remote_id != remote.remote_id):
             read[f"{key}#previous"] = old
             plan.operations.append(_delete_model(key, mstate.provider, old, "title changed; replaced"))
-            if mstate.prevent_destroy:
+            if mstate.prevent_destroy or model.prevent_destroy:  # recorded, or set in the same change
                 plan.errors.append(f"{key}: lifecycle.prevent_destroy is set; refusing to replace the model")
     for key, remote in sorted((orphans or {}).items()):
         if key.endswith("#previous") or (targets and key not in targets) or remote is None:

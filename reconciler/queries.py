@@ -83,7 +83,7 @@ def _load_inputs(ws: Workspace, inputs: list[str]) -> list[ImageInput]:
     """Each input's bytes, named as the user gave it; one that is not an image is refused here,
     by that name (a vendor would only say which position of its batch it could not read)."""
     images = [_load_input(ws, text) for text in inputs]
-    from reconciler.local.images import NOT_AN_IMAGE, sniff
+    from reconciler.local.magic import NOT_AN_IMAGE, sniff
 
     for image in images:
         if image.data is not None and sniff(image.data[:32]) is None:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.fetch import FetchError, UrlCache
-from reconciler.hashing import NOT_AN_IMAGE, Hasher, NotAnImageError, StatColumns, is_image_head
+from reconciler.hashing import Hasher, NotAnImageError, StatColumns, is_image_head
+from reconciler.local.magic import NOT_AN_IMAGE
 from reconciler.model import Box, DesiredModel, DesiredSample, TrainingSettings, derived_uid
 from reconciler.sources import Items, SourceError, Walker, expand
 

@@ -109,3 +109,14 @@ def test_predict_names_the_input_and_the_model_in_its_refusals(tmp_path: Path):
     assert r.code == 1 and r.err.strip() == "Error: notes.png: not an image (PNG, JPEG, GIF, BMP or WebP)"
     r = run_cli(project, "predict", "shapes", "unseen/circle-00.png")
     assert r.code == 1 and "model 'shapes': not trained yet" in r.err, r.err
+
+
+def test_protecting_a_model_and_changing_its_title_in_one_change_does_not_replace_it(tmp_path: Path):
+    project = copy_quickstart(tmp_path / "quickstart")
+    assert run_cli(project, "apply", "--auto-approve").code == 0  # not protected yet
+    spec = project / "modelsync.yaml"
+    applied_text = spec.read_text()
+    spec.write_text(applied_text.replace("title: Shapes", "title: Shapes v2") + PROTECTED)
+    r = run_cli(project, "apply", "--auto-approve")
+    assert r.code == 1 and "shapes: lifecycle.prevent_destroy is set; refusing to replace the model" in r.err
+    assert_model_intact(project, applied_text)

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from reconciler.local.errors import InvalidInputError, WouldWait
-
-NOT_AN_IMAGE = "not an image (PNG, JPEG, GIF, BMP or WebP)"
+from reconciler.local.magic import NOT_AN_IMAGE, sniff
 
 # media type -> Pillow format name
 _FORMATS = {
@@ -32,22 +31,6 @@ class ImageInfo:
     media_type: str
     width: int
     height: int
-
-
-def sniff(data: bytes) -> str | None:
-    """The media type the magic bytes announce, or None."""
-    head = data[:32]
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "image/gif"
-    if head.startswith(b"BM") and len(data) >= 26:
-        return "image/bmp"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 def check_header(data: bytes, *, max_bytes: int, what: str = "image") -> str:
