@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from reconciler.engine import capabilities, check_spec, resolve_spec
-from reconciler.model import DesiredModel, RemoteModel
-from reconciler.plan import NEVER_TRAINED, plan_model, plural, with_state_uids
+from reconciler.model import RemoteModel
+from reconciler.plan import NEVER_TRAINED, ModelPlan, plan_model, plural, with_state_uids
 from reconciler.refresh import identities, refresh
-from reconciler.state import ModelState, load_state
+from reconciler.state import load_state
 from reconciler.workspace import Workspace
 
 
@@ -48,7 +48,9 @@ def compute_drift(ws: Workspace, targets: tuple[str, ...] = ()) -> dict[str, Any
         latest = remote.versions[0] if remote.versions else None
         recorded = mstate.versions[0] if mstate and mstate.versions else None
         entry["latest_version"] = latest.version if latest else (recorded or {}).get("version")
-        entry["training"] = training_drift(desired, remote, mstate, caps[desired.provider])
+        found = plan_model(desired, remote, mstate, caps[desired.provider])
+        entry["training"] = training_drift(found, remote)
+        entry["config"] = next((list(op.changes or ()) for op in found.operations if op.op == "configure"), None)
         models[key] = entry
     for key in sorted(refreshed.orphans):
         if key.endswith("#previous"):
@@ -60,12 +62,9 @@ def compute_drift(ws: Workspace, targets: tuple[str, ...] = ()) -> dict[str, Any
     return {"in_sync": in_sync, "models": models}
 
 
-def training_drift(
-    desired: DesiredModel, remote: RemoteModel, mstate: ModelState | None, caps: frozenset[str]
-) -> dict[str, Any] | None:
+def training_drift(found: ModelPlan, remote: RemoteModel) -> dict[str, Any] | None:
     """What the spec's training would run again for (None: nothing), decided exactly as plan
-    decides its train op (plan_model), with the plan's reason."""
-    found = plan_model(desired, remote, mstate, caps)
+    decides its train op (``found``: plan_model's result), with the plan's reason."""
     decision = found.train
     if decision is None:
         return None
@@ -115,6 +114,7 @@ def _in_sync(m: dict[str, Any]) -> bool:
             "moved",
             "classes_not_declared",
             "training",
+            "config",
         )
     )
 
@@ -151,4 +151,6 @@ def render_drift(report: dict[str, Any], out: Any) -> None:
             out.print("  classes on the remote not in the spec: " + ", ".join(m["classes_not_declared"]))
         for line in _training_lines(m["training"]) if m.get("training") else ():
             out.print(f"  {line}")
+        if m.get("config"):  # training.auto false: the vendor's stored config differs from the spec
+            out.print("  config differs from the remote's: " + "; ".join(m["config"]))
     out.print("In sync." if report["in_sync"] else "Drift detected.")

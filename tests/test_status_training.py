@@ -73,9 +73,15 @@ def test_training_is_drift_only_when_plan_would_train(applied: Path):
     spec.write_text(spec.read_text().replace("auto: true", "auto: false"))
     set_learning_rate(applied, "0.3")
     assert train_reason(applied) is None
+    ops = run_cli(applied, "plan", "--json").json()["operations"]
+    configure = [o for o in ops if o["op"] == "configure"]
+    assert len(configure) == 1  # without auto training, plan keeps the stored config declared
     r = run_cli(applied, "status", "--json")
-    assert r.json()["models"]["shapes"]["training"] is None
-    assert "training:" not in run_cli(applied, "status").out
+    entry = r.json()["models"]["shapes"]
+    assert entry["training"] is None and entry["config"] == configure[0]["changes"]
+    r = run_cli(applied, "status")
+    assert r.code == 2 and "training:" not in r.out
+    assert "  config differs from the remote's: " + "; ".join(configure[0]["changes"]) in r.out.splitlines()
 
     spec.write_text(spec.read_text().replace("auto: false", "auto: true"))
     assert run_cli(applied, "status").code == 2

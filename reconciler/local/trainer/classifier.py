@@ -85,28 +85,33 @@ def fit_softmax(
     order = np.arange(n)
     cursor = n
     every = max(1, cfg.steps // 50)
-    for step in range(cfg.steps):
-        if batch is None:
-            xb, yb, wb = x, onehot, sw
-        else:
-            if cursor + batch > n:
-                order = rng.permutation(n)
-                cursor = 0
-            idx = np.sort(order[cursor : cursor + batch])
-            cursor += batch
-            xb, yb, wb = x[idx], onehot[idx], sw[idx]
-        p = softmax((xb @ w.astype(np.float32)).astype(np.float64) + b)
-        g = (p - yb) * (wb / wb.sum())[:, None]
-        grad_w = (xb.T @ g.astype(np.float32)).astype(np.float64) + cfg.l2 * w
-        grad_b = g.sum(axis=0)
-        vw *= MOMENTUM
-        vw -= cfg.learning_rate * grad_w
-        vb *= MOMENTUM
-        vb -= cfg.learning_rate * grad_b
-        w += vw
-        b += vb
-        if progress is not None and ((step + 1) % every == 0 or step + 1 == cfg.steps):
-            progress((step + 1) / cfg.steps)
+    # A learning rate that diverges overflows to inf/nan: that is refused below with a one-line
+    # error, not printed as numpy warnings on the user's terminal, and stops the run early.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for step in range(cfg.steps):
+            if batch is None:
+                xb, yb, wb = x, onehot, sw
+            else:
+                if cursor + batch > n:
+                    order = rng.permutation(n)
+                    cursor = 0
+                idx = np.sort(order[cursor : cursor + batch])
+                cursor += batch
+                xb, yb, wb = x[idx], onehot[idx], sw[idx]
+            p = softmax((xb @ w.astype(np.float32)).astype(np.float64) + b)
+            g = (p - yb) * (wb / wb.sum())[:, None]
+            grad_w = (xb.T @ g.astype(np.float32)).astype(np.float64) + cfg.l2 * w
+            grad_b = g.sum(axis=0)
+            vw *= MOMENTUM
+            vw -= cfg.learning_rate * grad_w
+            vb *= MOMENTUM
+            vb -= cfg.learning_rate * grad_b
+            w += vw
+            b += vb
+            if progress is not None and ((step + 1) % every == 0 or step + 1 == cfg.steps):
+                progress((step + 1) / cfg.steps)
+            if (step + 1) % every == 0 and not np.isfinite(b).all():
+                break
     if not (np.isfinite(w).all() and np.isfinite(b).all()):
         raise TrainingError(
             f"training.config.learning_rate: training diverged with {cfg.learning_rate!r}; use a smaller value"
