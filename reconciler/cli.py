@@ -145,13 +145,18 @@ def plan(
 
 def _plan_out(ws: Any, out: Path) -> Path:
     """Check ``plan --out FILE`` before planning: its directory exists, and it is none of the
-    project's own files (the spec, the lock file), which the plan's JSON would overwrite."""
+    project's own files (the spec, the lock file, anything in .modelsync/), which the plan's
+    JSON would overwrite."""
     from reconciler.lockfile import LOCK_NAME
+    from reconciler.state import state_dir
 
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: no such directory: {out.parent}")
-    if out.resolve() in (ws.spec_path, ws.project_dir / LOCK_NAME):
+    where = out.resolve()
+    if where in (ws.spec_path, ws.project_dir / LOCK_NAME):
         raise UserError(f"--out {out}: that is the project's {out.name}; name another file for the plan")
+    if where.is_relative_to(state_dir(ws.project_dir).resolve()):
+        raise UserError(f"--out {out}: inside .modelsync/, which holds modelsync's own state; name another file")
     return out
 
 
@@ -230,8 +235,11 @@ def _apply_like(
             if reconcile_with_remote(planned.state, planned.refreshed.remotes):
                 save_state(ws.project_dir, planned.state)  # intents from an interrupted run, settled
             if destroy and not p.operations and not p.errors:
-                out.print("Nothing to destroy: none of the models this spec manages is on the remote.")
-                for warning in p.warnings:  # e.g. a provider that cannot delete models
+                if not p.warnings:
+                    out.print("Nothing to destroy: none of the models this spec manages is on the remote.")
+                else:  # e.g. a model on a provider that cannot delete models: it is there, and stays
+                    out.print("Nothing to destroy.")
+                for warning in p.warnings:
                     out.print(f"[yellow]Warning:[/yellow] {_escape(warning)}")
             else:
                 render_plan(p, out)

@@ -69,9 +69,9 @@ Walker = Callable[[str, str], Items]
 that already ran (reconciler.walkahead)."""
 
 
-def is_url(text: str) -> bool:
+def is_url(text: str | None) -> bool:
     """An http(s) URL (the scheme in any case, as validation accepts it)."""
-    return text[:8].lower().startswith(("http://", "https://"))
+    return bool(text) and text[:8].lower().startswith(("http://", "https://"))  # type: ignore[index]
 
 
 def _is_image_name(name: str) -> bool:
@@ -96,6 +96,8 @@ def expand(text: str, base_dir: Path, *, single: bool = False, walk: Walker | No
     if is_file_url(text) and (problem := file_url_problem(text)) is not None:
         raise SourceError(f"{problem}, got {text!r}")  # load_spec refuses it first; never read '' (the spec dir)
     text = local_text(text)
+    if "\x00" in text:  # os.stat would raise ValueError; load_spec refuses control characters first
+        raise SourceError(f"a path must not contain a NUL character, got {text!r}")
     base = str(base_dir)
     if is_glob(text):
         if single:

@@ -93,6 +93,8 @@ def load_state(workdir: Path) -> State:
     if not isinstance(raw, dict) or raw.get("format_version") != STATE_FORMAT:
         found = raw.get("format_version") if isinstance(raw, dict) else type(raw).__name__
         raise UserError(f"{path}: unsupported state format {found!r}")
+    if "operations" in raw or "meta" in raw:  # a plan file has the same format_version
+        raise UserError(f"{path}: a saved plan, not a modelsync state; move it aside to rebuild it from the remote")
     try:
         return State(
             serial=int(raw.get("serial", 0)),

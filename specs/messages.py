@@ -209,7 +209,7 @@ def _generic(kind: str, err: dict[str, Any], ctx: dict[str, Any], got: str) -> s
 
 
 # Our own (PydanticCustomError) messages that are clearer with the bad value after them.
-_CUSTOM_WITH_VALUE = {"http_url", "url", "url_syntax", "config_value", "uid_chars"}
+_CUSTOM_WITH_VALUE = {"http_url", "url", "url_syntax", "config_value", "uid_chars", "path_chars"}
 
 
 def _num(value: Any) -> str:

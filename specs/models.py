@@ -30,7 +30,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from specs.diagnostics import Diagnostic, SpecPath, format_path
-from specs.names import name_problem
+from specs.names import has_control, name_problem
 from specs.urls import file_url_problem, http_url_problem, is_file_url
 from specs.yamlread import Positions, plain_text
 
@@ -171,10 +171,15 @@ def _check_sample_text(value: str) -> str:
         raise PydanticCustomError(
             "url_scheme", "unsupported URL scheme '{scheme}' (use http://, https:// or file://)", {"scheme": m.group(1)}
         )
-    problem = _url_problem(value) if m else None
+    problem = _url_problem(value) if m else _path_problem(value)
     if problem is not None:
-        raise PydanticCustomError("url_syntax", problem)
+        raise PydanticCustomError("url_syntax" if m else "path_chars", problem)
     return value
+
+
+def _path_problem(value: str) -> str | None:
+    """A local path no file system names (a NUL, a newline): refused here, not by os.stat at plan."""
+    return "a sample path must not contain control characters" if has_control(value) else None
 
 
 class SampleEntry(BaseModel):
@@ -212,9 +217,11 @@ class SampleEntry(BaseModel):
     def _path(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise PydanticCustomError("empty_sample", "path must not be empty")
-        problem = file_url_problem(value) if value is not None and is_file_url(value) else None
+        if value is None:
+            return value
+        problem = file_url_problem(value) if is_file_url(value) else _path_problem(value)
         if problem is not None:
-            raise PydanticCustomError("url_syntax", problem)
+            raise PydanticCustomError("url_syntax" if is_file_url(value) else "path_chars", problem)
         return value
 
     @field_validator("url")

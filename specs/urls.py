@@ -56,6 +56,8 @@ def file_url_problem(value: str) -> str | None:
         return "a file URL takes no host: write file:///absolute/path (or a path relative to the spec, without file://)"
     if not path:
         return "a file URL needs an absolute path: write file:///absolute/path"
+    if has_control(unquote(path)):  # %00 and the like: no file is named so
+        return "the URL's path must not contain control characters, %-escaped or not"
     return None
 
 

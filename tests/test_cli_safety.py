@@ -120,3 +120,17 @@ def test_protecting_a_model_and_changing_its_title_in_one_change_does_not_replac
     r = run_cli(project, "apply", "--auto-approve")
     assert r.code == 1 and "shapes: lifecycle.prevent_destroy is set; refusing to replace the model" in r.err
     assert_model_intact(project, applied_text)
+
+
+def test_plan_out_never_writes_into_the_state_directory_and_a_plan_is_never_read_as_state(tmp_path: Path):
+    project = copy_quickstart(tmp_path / "quickstart")
+    assert run_cli(project, "apply", "--auto-approve").code == 0
+    state = project / ".modelsync" / "state.json"
+    before = state.read_bytes()
+    r = run_cli(project, "plan", "--out", ".modelsync/state.json")
+    assert r.code == 1 and "inside .modelsync/" in r.err and state.read_bytes() == before
+
+    assert run_cli(project, "plan", "--out", "saved.json").code == 0
+    state.write_bytes((project / "saved.json").read_bytes())  # copied over by hand
+    r = run_cli(project, "plan")
+    assert r.code == 1 and "a saved plan, not a modelsync state" in r.err

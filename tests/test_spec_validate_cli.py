@@ -226,3 +226,15 @@ def test_validate_reports_every_training_config_problem(project):
         "modelsync.yaml:8:23: models.shapes.training.config.steps: expected a positive integer, got 0",
         "modelsync.yaml:8:41: models.shapes.training.config.learning_rate: expected a positive number, got -1",
     ]
+
+
+def test_a_nul_in_a_sample_path_is_a_spec_error_not_an_internal_error(project):
+    lines = refused(project, two_classes("file:///tmp/a%00.png", '"data/a\\0.png"'))
+    assert lines[0].startswith("modelsync.yaml:7:13: models.shapes.classes.circle.samples[0]: the URL's path must not")
+    assert lines[1].startswith(
+        "modelsync.yaml:10:13: models.shapes.classes.square.samples[0]: a sample path must not contain control"
+    )
+    assert len(lines) == 2
+    assert refused(project, two_classes("{path: \"data/b\\0.png\"}"), "plan")[0].startswith(
+        "modelsync.yaml:7:20: models.shapes.classes.circle.samples[0].path: a sample path must not contain control"
+    )

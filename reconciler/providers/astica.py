@@ -39,6 +39,7 @@ from reconciler.providers import base as caps
 from reconciler.providers.base import NotFound, Provider, ProviderConfig, ProviderError
 from reconciler.providers.datauri import base64_text, data_uri
 from reconciler.providers.http import HttpClient, error_text
+from reconciler.sources import is_url
 
 TRAIN_URL = "https://train.astica.ai"
 DETECT_URL = "https://detect.astica.ai"
@@ -257,7 +258,7 @@ class AsticaProvider(Provider):
         return any(s.uid == item.uid and s.class_name == item.class_name for s in model.samples)
 
     def upload_sample(self, remote_id: str, item: UploadItem) -> str | None:
-        send_url = self.send_urls and item.url and item.url.startswith(("http://", "https://"))
+        send_url = self.send_urls and item.url is not None and is_url(item.url)
         payload = item.url if send_url else None
         if payload is None:
             payload = base64_text(item.read())

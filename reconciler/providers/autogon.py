@@ -40,6 +40,7 @@ from reconciler.providers import base as caps
 from reconciler.providers.base import NotFound, NotSupported, Provider, ProviderConfig, ProviderError
 from reconciler.providers.datauri import data_uri
 from reconciler.providers.http import HttpClient, error_text
+from reconciler.sources import is_url
 
 BASE_URL = "https://api.autogon.ai"
 LABEL = "/api/v1/label"
@@ -51,9 +52,6 @@ PREDICT = LABEL + "/model/predict/"
 PREDICT_BATCH = 16  # images per predict call (data: URIs make bodies large)
 UNLABELED = "unlabeled"
 
-
-def _is_url(text: str | None) -> bool:
-    return bool(text) and str(text)[:8].lower().startswith(("http://", "https://"))
 
 
 def _box(a: dict[str, Any], default_label: str = "") -> Box | None:
@@ -254,7 +252,7 @@ class AutogonProvider(Provider):
         return None
 
     def upload_sample(self, remote_id: str, item: UploadItem) -> str | None:
-        if not _is_url(item.url):
+        if not is_url(item.url):
             raise NotSupported(f"autogon: {item.filename}: Autogon adds images by http(s) URL only")
         image = {
             "url": item.url,
@@ -369,7 +367,7 @@ class AutogonProvider(Provider):
             chunk = images[start : start + PREDICT_BATCH]
             keys = []
             for image in chunk:
-                if _is_url(image.url):
+                if is_url(image.url):
                     keys.append(str(image.url))  # Autogon's documented input: the vendor fetches it
                 elif image.data is not None:
                     keys.append(data_uri(image.data))  # local files: a data: URI (modelsync serve takes them)

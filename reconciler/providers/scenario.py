@@ -35,6 +35,7 @@ from reconciler.model import (
 from reconciler.providers import base as caps
 from reconciler.providers.base import NotFound, NotSupported, Provider, ProviderConfig, ProviderError
 from reconciler.providers.http import HttpClient
+from reconciler.sources import is_url
 
 BASE_URL = "https://api.cloud.scenario.com"
 TOOL = "/scenario/train"
@@ -52,9 +53,6 @@ def to_params(config: dict[str, Any]) -> dict[str, Any]:
 def from_params(params: dict[str, Any]) -> dict[str, Any]:
     return {PARAM_TO_SPEC.get(k, k): v for k, v in params.items()}
 
-
-def _is_url(text: str | None) -> bool:
-    return bool(text) and str(text)[:8].lower().startswith(("http://", "https://"))
 
 
 def version_of(v: dict[str, Any]) -> VersionInfo:
@@ -213,7 +211,7 @@ class ScenarioProvider(Provider):
         return None
 
     def upload_sample(self, remote_id: str, item: UploadItem) -> str | None:
-        if not _is_url(item.url):
+        if not is_url(item.url):
             raise NotSupported(f"scenario: {item.filename}: Scenario takes training images by http(s) URL only")
         meta: dict[str, Any] = {"className": item.class_name}
         if item.caption:

@@ -343,9 +343,9 @@ def router(ctx: ServeContext) -> APIRouter:
             return start_inference(p, body)
         except LocalError as exc:
             err = api_error_from_local(exc)
-            raise ApiError(400, err.message) if err.status in (403, 404) else err from None
+            raise ApiError(400, err.message) if err.status in (403, 404, 409) else err from None
         except ApiError as exc:
-            raise ApiError(400, exc.message) if exc.status in (403, 404) else exc from None
+            raise ApiError(400, exc.message) if exc.status in (403, 404, 409) else exc from None
 
     def start_inference(p: Principal, body: InferBody) -> Response:
         from reconciler.local.errors import StateError
