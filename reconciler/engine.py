@@ -34,8 +34,19 @@ class Planned:
 
 def check_spec(ws: Workspace, targets: tuple[str, ...] = (), *, sources: bool = False) -> None:
     """Everything validate checks: schema, semantics, provider capabilities, targets, and with
-    ``sources`` that every local source exists (plan leaves that to resolve, to expand once)."""
-    spec = ws.spec
+    ``sources`` that every local source exists (plan leaves that to resolve, to expand once).
+    With ``sources``, a spec that fails its schema still has its sources checked, so that a
+    typo in one place does not hide a missing file in another."""
+    try:
+        spec = ws.spec
+    except UserError:
+        if sources and ws.spec_error is not None and ws.spec_error.draft is not None:
+            from reconciler.resolve import draft_source_diagnostics
+
+            found = list(ws.spec_error.diagnostics)
+            found += draft_source_diagnostics(ws.spec_error.draft, targets, {d.path for d in found})
+            raise UserError(*(str(d) for d in sorted(found, key=lambda d: (d.line, d.col)))) from None
+        raise
     problems = ws.capability_errors()
     if sources:
         from reconciler.resolve import source_diagnostics

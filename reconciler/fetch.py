@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from reconciler.atomic import write_atomic
+from reconciler.local.magic import sniff
 from reconciler.model import sha256_digest
 
 MAX_URL_BYTES = 50 * 2**20
@@ -57,8 +58,9 @@ class UrlCache:
             write_atomic(path, data)
             return data
 
-    def resolve(self, url: str) -> tuple[str, int]:
-        """Fetch (or revalidate) ``url``; return its digest and size."""
+    def resolve(self, url: str) -> tuple[str, int, bool]:
+        """Fetch (or revalidate) ``url``; return its digest, its size and whether its first bytes
+        are an accepted image format (checked once per content, kept in the index)."""
         entry = self._index.get(url)
         headers = {}
         if entry and self.blob_path(entry["digest"]).exists():
@@ -68,7 +70,12 @@ class UrlCache:
                 headers["If-Modified-Since"] = entry["last_modified"]
         data, resp_headers, status = self._download(url, headers)
         if status == 304 and entry:
-            return entry["digest"], entry["size"]
+            if "image" not in entry:  # an index from before the check: read the blob's head once
+                image = self._blob_is_image(entry["digest"])
+                with self._lock:
+                    entry["image"] = image
+                    self._dirty = True
+            return entry["digest"], entry["size"], entry["image"]
         digest = sha256_digest(data)
         path = self.blob_path(digest)
         if not path.exists():
@@ -79,9 +86,19 @@ class UrlCache:
                 "size": len(data),
                 "etag": resp_headers.get("etag"),
                 "last_modified": resp_headers.get("last-modified"),
+                "image": sniff(data[:32]) is not None,
             }
             self._dirty = True
-        return digest, len(data)
+        return digest, len(data), self._index[url]["image"]
+
+    def _blob_is_image(self, digest: str) -> bool:
+        """Whether the cached bytes start like an accepted image; a blob gone since is given the
+        benefit of the doubt (apply fetches it again, and the provider checks what it gets)."""
+        try:
+            with open(self.blob_path(digest), "rb") as f:
+                return sniff(f.read(32)) is not None
+        except OSError:
+            return True
 
     def save(self) -> None:
         with self._lock:

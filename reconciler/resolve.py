@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.fetch import FetchError, UrlCache
-from reconciler.hashing import Hasher, NotAnImageError, StatColumns, is_image_head
+from reconciler.hashing import Hasher, NotAnImageError, StatColumns
 from reconciler.local.magic import NOT_AN_IMAGE
 from reconciler.model import Box, DesiredModel, DesiredSample, TrainingSettings, derived_uid
-from reconciler.sources import Items, SourceError, Walker, expand
+from reconciler.sources import Items, SourceError, Walker, expand, is_url
+from specs.diagnostics import format_path
 
 SpecPath = tuple[str | int, ...]
 
@@ -237,7 +238,7 @@ def _fetch_urls(entries: list[_Entry], cache_dir: Path, spec: Any, diagnostics: 
         return
     cache = UrlCache(cache_dir / "urls")
     urls = sorted({url for e in entries for url in e.items.url})  # type: ignore[misc]
-    results: dict[str, tuple[str, int] | str] = {}
+    results: dict[str, tuple[str, int, bool] | str] = {}
 
     def fetch(url: str) -> None:
         try:
@@ -255,23 +256,12 @@ def _fetch_urls(entries: list[_Entry], cache_dir: Path, spec: Any, diagnostics: 
             if isinstance(got, str):
                 diagnostics.append(spec.diagnostic(e.spec_path, f"cannot fetch {got}"))
                 e.digests.append(None)
-            elif not _fetched_is_image(cache, got[0]):
+            elif not got[2]:
                 diagnostics.append(spec.diagnostic(e.spec_path, f"{url}: {NOT_AN_IMAGE}"))
                 e.digests.append(None)
             else:
                 e.digests.append(got[0])
                 e.items.size[i] = got[1]
-
-
-def _fetched_is_image(cache: UrlCache, digest: str) -> bool:
-    """Whether the fetched bytes of ``digest`` start like an accepted image: the head of the
-    cached blob (32 bytes; the network round trip dominates). A blob gone from the cache is
-    given the benefit of the doubt: apply fetches it again and the provider checks it."""
-    try:
-        with open(cache.blob_path(digest), "rb") as f:
-            return is_image_head(f.read(32))
-    except OSError:
-        return True
 
 
 def _assemble(
@@ -352,6 +342,38 @@ def source_diagnostics(spec: Any, targets: Iterable[str] = ()) -> list:
         except SourceError as exc:
             diagnostics.append(spec.diagnostic(spec_path, str(exc)))
     return diagnostics
+
+
+def draft_source_diagnostics(draft: Any, targets: Iterable[str], reported: set[str]) -> list:
+    """source_diagnostics for a spec that failed its checks (``draft``: specs.loader.Draft): each
+    local source it declares plainly, a string or a mapping's path, that does not expand. A
+    sample with a problem of its own (its path in ``reported``) is left to that message."""
+    wanted = set(targets)
+    out = []
+    for path, entry in _draft_samples(draft.data):
+        shown = format_path(path)
+        own = any(r == shown or r.startswith((shown + ".", shown + "[")) for r in reported)
+        if own or (wanted and path[1] not in wanted):
+            continue
+        text = entry if isinstance(entry, str) else entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(text, str) or not text.strip() or is_url(text):
+            continue
+        try:
+            expand(text, draft.base_dir, single=isinstance(entry, dict) and "uid" in entry)
+        except SourceError as exc:
+            out.append(draft.diagnostic(path, str(exc)))
+    return out
+
+
+def _draft_samples(data: Any) -> Iterator[tuple[SpecPath, Any]]:
+    """(spec path, entry) of each sample entry in a parsed spec, whatever else is wrong with it."""
+    models = data.get("models") if isinstance(data, dict) else None
+    for key, model in models.items() if isinstance(models, dict) else ():
+        classes = model.get("classes") if isinstance(model, dict) else None
+        for class_name, spec_class in classes.items() if isinstance(classes, dict) else ():
+            samples = spec_class.get("samples") if isinstance(spec_class, dict) else None
+            for index, entry in enumerate(samples) if isinstance(samples, list) else ():
+                yield ("models", key, "classes", class_name, "samples", index), entry
 
 
 def declared_sources(spec: Any, wanted: set[str]) -> Iterator[tuple[str, str, Any, SpecPath]]:

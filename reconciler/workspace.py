@@ -34,6 +34,7 @@ class Workspace:
         self.workdir = workdir.resolve()
         self.spec_path = (self.workdir / spec_file).resolve()
         self._providers: dict[str, Provider] = {}
+        self.spec_error: Any = None  # the last specs.SpecError, if the spec failed to load
 
     @property
     def project_dir(self) -> Path:
@@ -49,6 +50,7 @@ class Workspace:
         try:
             return load_spec(self.spec_path, shown=self._shown_spec())
         except SpecError as exc:
+            self.spec_error = exc  # validate reads its draft to check the sources all the same
             raise UserError(*(str(d) for d in exc.diagnostics)) from None
 
     def _shown_spec(self) -> str:

@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from specs.names import has_control
 
@@ -46,6 +47,7 @@ class SpecError(Exception):
 
     def __init__(self, diagnostics: Iterable[Diagnostic]):
         self.diagnostics: list[Diagnostic] = list(diagnostics)
+        self.draft: Any = None  # specs.loader.Draft, when the file parsed as a mapping
         super().__init__("\n".join(str(d) for d in self.diagnostics))
 
 

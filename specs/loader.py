@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +60,28 @@ def load_spec(path: Path | str, env: Mapping[str, str] | None = None, *, shown: 
 
     diags += [_diagnostic(shown, positions, issue) for issue in issues]
     if diags or spec is None:
-        raise SpecError(sorted(diags, key=lambda d: (d.line, d.col)))
+        error = SpecError(sorted(diags, key=lambda d: (d.line, d.col)))
+        error.draft = Draft(prepared.data, positions, shown, path.absolute().parent)
+        raise error
     spec._file = path.absolute()  # relative sample paths must not depend on a later chdir
     spec._shown = shown
     spec._positions = positions
     return spec
+
+
+@dataclass(frozen=True)
+class Draft:
+    """What a spec that failed its checks still says: its data as parsed and where each node
+    is, so that validate can still check its sources and report them with the other errors."""
+
+    data: dict[str, Any]
+    positions: Positions
+    shown: str
+    base_dir: Path
+
+    def diagnostic(self, path: SpecPath, message: str) -> Diagnostic:
+        line, col = self.positions.locate(tuple(path))
+        return Diagnostic(self.shown, line, col, format_path(path), message)
 
 
 def _shown(path: Path) -> str:

@@ -98,6 +98,7 @@ def test_empty_blank_and_control_character_names_are_refused(project):
         'modelsync.yaml:8:7: models.shapes.classes[" "]: class name must not be only whitespace',
         'modelsync.yaml:9:7: models.shapes.classes["a\\nb"]: class name must not contain control characters '
         "(found U+000A)",
+        'modelsync.yaml:9:26: models.shapes.classes["a\\nb"].samples[0]: no such file: data/square/a.png',
         'modelsync.yaml:10:3: models[""]: model key must not be empty',
         'modelsync.yaml:11:3: models["tab\\there"]: model key must not contain control characters (found U+0009)',
     ]
@@ -238,3 +239,24 @@ def test_a_nul_in_a_sample_path_is_a_spec_error_not_an_internal_error(project):
     assert refused(project, two_classes("{path: \"data/b\\0.png\"}"), "plan")[0].startswith(
         "modelsync.yaml:7:20: models.shapes.classes.circle.samples[0].path: a sample path must not contain control"
     )
+
+
+def test_a_typo_does_not_hide_a_missing_file(project):
+    text = """\
+    version: 1
+    models:
+      a:
+        titel: A
+        classes:
+          circle: {samples: [data/circle/]}
+          square: {samples: [data/square/]}
+      b:
+        classes:
+          circle: {samples: [data/circle/]}
+          square: {samples: [data/nothing.png, {path: data/gone/, uid: x}]}
+    """
+    assert refused(project, text) == [
+        "modelsync.yaml:4:5: models.a.titel: unknown key (did you mean 'title'?)",
+        "modelsync.yaml:11:26: models.b.classes.square.samples[0]: no such file: data/nothing.png",
+        "modelsync.yaml:11:44: models.b.classes.square.samples[1]: no such file: data/gone/",
+    ]
