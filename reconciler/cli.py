@@ -471,7 +471,8 @@ def serve(
     ),
     key: Annotated[list[str] | None, typer.Option("--key", help="An accepted API key (repeatable).")] = None,
     keys_file: Annotated[
-        Path | None, typer.Option("--keys-file", help="JSON/YAML: {keys: [{key, owner, permissions, projects}]}.")
+        Path | None,
+        typer.Option("--keys-file", help="JSON/YAML: {keys: [{key, owner, permissions, team_id, projects}]}."),
     ] = None,
     rate_limit: Annotated[
         int, typer.Option("--rate-limit", min=0, help="Requests a minute per endpoint (0: off).")

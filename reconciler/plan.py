@@ -314,7 +314,10 @@ def config_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> tuple[str
     """Human lines for what changed between two training configs, by path (deepdiff)."""
     from deepdiff import DeepDiff
 
-    diff = DeepDiff(old or {}, new, ignore_order=True, verbose_level=2)
+    if not old or not new:  # DeepDiff reports an empty side as one change of the whole root
+        return tuple(sorted([f"{k}: (unset) -> {v!r}" for k, v in (new or {}).items()]
+                            + [f"{k}: {v!r} -> (unset)" for k, v in (old or {}).items()]))
+    diff = DeepDiff(old, new, ignore_order=True, verbose_level=2)
     lines: list[str] = []
     for path, change in diff.get("values_changed", {}).items():
         lines.append(f"{_dd_path(path)}: {change['old_value']!r} -> {change['new_value']!r}")

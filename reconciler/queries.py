@@ -69,12 +69,13 @@ def render_versions(key: str, rows: list[dict[str, Any]], out: Any) -> None:
     if not rows:
         out.print(f"{key}: no trained versions yet")
         return
-    out.print(f"{'VERSION':<17} {'TRAINED AT':<21} {'ACCURACY':>8}  DATASET              CONFIG")
+    width = max(17, *(len(r["version"] or "") for r in rows))  # Autogon's names are longer: _p<project>
+    out.print(f"{'VERSION':<{width}} {'TRAINED AT':<21} {'ACCURACY':>8}  DATASET              CONFIG")
     for r in rows:
         acc = (r.get("metrics") or {}).get("accuracy")
         acc_text = f"{acc:.1%}" if isinstance(acc, int | float) else "-"
         out.print(
-            f"{r['version']:<17} {(r.get('trained_at') or '-')[:19]:<21} {acc_text:>8}  "
+            f"{r['version'] or '-':<{width}} {(r.get('trained_at') or '-')[:19]:<21} {acc_text:>8}  "
             f"{(r.get('dataset_digest') or '-')[:19]:<20} {(r.get('config_digest') or '-')[:19]}"
         )
 

@@ -125,8 +125,6 @@ def _render_notes(plan: Plan, out: Any) -> None:
         )
     for warning in plan.warnings:  # a mass delete's among them (plan.mass_delete_warning)
         out.print(f"[yellow]Warning:[/yellow] {_esc(warning)}")
-    for error in plan.errors:
-        out.print(f"[red]Error:[/red] {_esc(error)}")
 
 
 def summary_line(plan: Plan) -> str:

@@ -356,3 +356,14 @@ def test_a_mass_delete_is_a_plan_warning_too():
     plan = build_plan({"shapes": desired(A)}, {"shapes": remote_of(old)}, State(), {"lab": CAPS})
     assert plan.mass_deletes == {"shapes": (3, 4)}
     assert plan.to_json()["warnings"] == ["shapes: this plan removes 3 of 4 samples; apply needs --allow-mass-delete"]
+
+
+def test_config_changes_from_or_to_nothing_name_each_key():
+    from reconciler.plan import config_changes
+
+    assert config_changes({}, {"steps": 300, "learning_rate": 0.2}) == (
+        "learning_rate: (unset) -> 0.2",
+        "steps: (unset) -> 300",
+    )
+    assert config_changes({"steps": 300}, {}) == ("steps: 300 -> (unset)",)
+    assert config_changes({"steps": 200}, {"steps": 300}) == ("steps: 200 -> 300",)

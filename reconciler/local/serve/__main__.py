@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", action="append", default=[], help="an accepted API key (repeatable)")
     p.add_argument("--keys-file", help="JSON/YAML file: {keys: [{key, owner, permissions, team_id, projects}]}")
     p.add_argument("--rate-limit", type=_limit, default=90, help="requests a minute per endpoint and key (0: off)")
-    p.add_argument("--total-rate-limit", type=_limit, default=180, help="requests a minute per key in all (0: off)")
+    p.add_argument(
+        "--total-rate-limit", type=_limit, default=None,
+        help="requests a minute per key in all (default: twice --rate-limit, astica's ratio; 0: off)",
+    )
     p.add_argument("--allow-private-urls", action="store_true", help="let URL inputs reach private addresses")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     hidden = argparse.SUPPRESS
@@ -69,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         data_dir=args.data,
         keys=keys,
-        rate_limit=args.rate_limit,
-        total_rate_limit=args.total_rate_limit,
+        rate_limit=args.rate_limit or None,
+        total_rate_limit=(2 * args.rate_limit if args.total_rate_limit is None else args.total_rate_limit) or None,
         allow_private_urls=args.allow_private_urls,
         log_level=args.log_level,
         faults=faults if faults.active else None,
