@@ -22,6 +22,16 @@ def _limit(text: str) -> int | None:
     return value
 
 
+_TWICE = object()  # --total-rate-limit not given (not a string: argparse would parse it)
+
+
+def _total(rate_limit: int | None, total: object) -> int | None:
+    """The total limit: as given (None: off), or by default twice the per-endpoint one."""
+    if total is _TWICE:
+        return 2 * rate_limit if rate_limit else None
+    return total  # type: ignore[return-value]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modelsync serve", description="Serve the embedded backend over vendor APIs.")
     p.add_argument("--host", default="127.0.0.1")
@@ -31,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys-file", help="JSON/YAML file: {keys: [{key, owner, permissions, team_id, projects}]}")
     p.add_argument("--rate-limit", type=_limit, default=90, help="requests a minute per endpoint and key (0: off)")
     p.add_argument(
-        "--total-rate-limit", type=_limit, default=None,
+        "--total-rate-limit", type=_limit, default=_TWICE,
         help="requests a minute per key in all (default: twice --rate-limit, astica's ratio; 0: off)",
     )
     p.add_argument("--allow-private-urls", action="store_true", help="let URL inputs reach private addresses")
@@ -72,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         data_dir=args.data,
         keys=keys,
-        rate_limit=args.rate_limit or None,
-        total_rate_limit=(2 * args.rate_limit if args.total_rate_limit is None else args.total_rate_limit) or None,
+        rate_limit=args.rate_limit,
+        total_rate_limit=_total(args.rate_limit, args.total_rate_limit),
         allow_private_urls=args.allow_private_urls,
         log_level=args.log_level,
         faults=faults if faults.active else None,
