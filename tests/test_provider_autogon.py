@@ -294,6 +294,8 @@ def test_a_lost_state_adopts_the_uploaded_images_instead_of_copying_them(
     state_file.unlink()
     r = run_cli(project, "plan", "--detailed-exitcode")
     assert r.code == 0, r.out + r.err  # nothing to upload: the six images are the declared ones
+    r = run_cli(project, "status")  # and status, matching the same way, agrees
+    assert r.code == 0 and r.out.splitlines() == ["boxes: in sync", "In sync."], r.out + r.err
     write_spec(7)
     r = run_cli(project, "apply")  # stdin is not a terminal: refused, and nothing recorded either
     assert r.code == 1 and not state_file.exists(), r.out + r.err
@@ -310,3 +312,31 @@ def test_a_lost_state_adopts_the_uploaded_images_instead_of_copying_them(
     assert r.code == 0, r.err
     left = remote_images()
     assert len(left) == 5 and not {f"{base}/s5.png", f"{base}/s6.png"} & {s.url for s in left}
+
+
+def test_status_is_in_sync_after_a_class_rename_that_leaves_an_empty_class(
+    serve_thread, static_files, tmp_path, monkeypatch
+):
+    """Autogon cannot delete a class: renaming one empties the old class, which stays on the
+    project. plan has nothing left to do, and status must not call that drift forever."""
+    server = serve_thread(keys=KEYS, rate_limit=None, total_rate_limit=None, allow_private_urls=True)
+    rng = random.Random(6)
+    scenes_dir = tmp_path / "scenes"
+    scenes_dir.mkdir()
+    base = static_files(scenes_dir)
+    for i in range(3):
+        (scenes_dir / f"s{i}.png").write_bytes(scene(rng)[0])
+    monkeypatch.setenv("AUTOGON_TEST_KEY", KEY_A)
+    project = tmp_path / "proj"
+    project.mkdir()
+    samples = "".join(f"          - url: {base}/s{i}.png\n" for i in range(3))
+    settings = "    purpose: classification\n    training: {auto: false}\n"
+    write_boxes_spec(project, server.base_url, settings, samples)
+    assert run_cli(project, "apply", "--auto-approve").code == 0
+    spec = project / "modelsync.yaml"
+    spec.write_text(spec.read_text().replace("      square:\n", "      box:\n"))
+    r = run_cli(project, "apply", "--auto-approve", "--allow-mass-delete")
+    assert r.code == 0, r.out + r.err
+    assert run_cli(project, "plan", "--detailed-exitcode").code == 0
+    r = run_cli(project, "status")
+    assert r.code == 0 and r.out.splitlines() == ["boxes: in sync", "In sync."], r.out + r.err
