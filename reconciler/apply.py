@@ -156,6 +156,8 @@ class Applier:
             self._remember_lifecycle()
             self._save(force=True)
             self.reporter.done()
+            if self._url_cache is not None:
+                self._url_cache.close()
         return self.result
 
     def _remember_lifecycle(self) -> None:

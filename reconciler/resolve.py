@@ -246,8 +246,11 @@ def _fetch_urls(entries: list[_Entry], cache_dir: Path, spec: Any, diagnostics: 
         except FetchError as exc:
             results[url] = str(exc)
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(fetch, urls))
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(fetch, urls))
+    finally:
+        cache.close()
     cache.save()
     for e in entries:
         e.digests = []
