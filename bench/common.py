@@ -59,6 +59,7 @@ class Run:
     returncode: int
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0  # user + system of the child and the descendants it waited for
 
 
 def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -94,7 +95,8 @@ def run_measured(
     err_path.unlink(missing_ok=True)
     if check and proc.returncode not in (0, 2):
         raise SystemExit(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{stdout[-2000:]}\n{stderr[-4000:]}")
-    return Run(elapsed, rusage.ru_maxrss / 1024.0, proc.returncode, stdout, stderr)
+    cpu = rusage.ru_utime + rusage.ru_stime
+    return Run(elapsed, rusage.ru_maxrss / 1024.0, proc.returncode, stdout, stderr, cpu)
 
 
 def median(values: Sequence[float]) -> float:
