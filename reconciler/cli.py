@@ -217,6 +217,7 @@ def _apply_like(
     if planfile is not None and targets:
         raise UserError("--target: not with a saved plan, which keeps the targets it was made with")
     try:
+        _ = ws.spec  # a missing or invalid spec fails here, before the lock creates .modelsync/
         with StateLock(ws.project_dir, command):
             if planfile is not None:
                 planfile = _in_project(ctx, planfile)
@@ -228,6 +229,8 @@ def _apply_like(
                     raise UserError(f"{planfile}: cannot read the plan ({exc.strerror or exc})") from None
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:
                     raise UserError(f"{planfile}: not a modelsync plan ({type(exc).__name__}: {exc})") from None
+                if plan_obj.errors:  # printed by `plan --json` despite them: never carried out
+                    raise UserError(*plan_obj.errors, f"{planfile}: the plan has errors; fix them and plan again")
                 planned = check_fresh(ws, plan_obj, progress=_progress_printer(False))
             else:
                 planned = compute_plan(ws, targets, destroy=destroy, progress=_progress_printer(False))
@@ -498,7 +501,10 @@ def serve(
             keys.update(load_keys_file(keys_file))
     except (OSError, ValueError) as exc:
         raise UserError(f"--keys-file: {exc}") from None
+    _check_can_listen(host, port)
     data = _in_project(ctx, data)
+    if data.exists() and not data.is_dir():
+        raise UserError(f"--data {data}: not a directory")
     try:
         data.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -516,6 +522,23 @@ def serve(
         log_level=log_level,
         faults=None,
     )
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` once, before anything is created: a port in use or an address this
+    machine does not have is one Error: line and exit 1, not uvicorn's log and exit 3."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise UserError(f"--host {host}: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UserError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
 
 
 # --------------------------------------------------------------------------- entry point

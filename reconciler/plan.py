@@ -147,6 +147,7 @@ class Plan:
             "summary": self.summary(),
             "operations": [op.to_json() for op in self.operations],
             "warnings": self.warnings,
+            "errors": self.errors,
             "unmanaged": self.unmanaged,
             "no_longer_declared": self.no_longer_declared,
             "mass_deletes": {k: {"delete": d, "of": n} for k, (d, n) in self.mass_deletes.items()},
@@ -173,6 +174,7 @@ class Plan:
         return cls(
             operations=[Operation.from_json(o) for o in raw.get("operations", [])],
             warnings=list(raw.get("warnings", [])),
+            errors=[str(e) for e in raw.get("errors", [])],
             unmanaged=dict(raw.get("unmanaged", {})),
             no_longer_declared=dict(raw.get("no_longer_declared", {})),
             mass_deletes={k: (v["delete"], v["of"]) for k, v in raw.get("mass_deletes", {}).items()},

@@ -38,7 +38,7 @@ def _esc(text: str) -> str:
 
 def render_plan(plan: Plan, out: Any) -> None:
     if not plan.operations:
-        out.print("No changes. The remote matches the spec.")
+        out.print("No changes. The remote matches the spec." if not plan.errors else "No plan: it has errors.")
         _render_notes(plan, out)
         return
     out.print("modelsync will perform the following actions:\n")

@@ -3,6 +3,7 @@ Through the CLI, on the embedded backend, in temporary copies of the quickstart.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,10 +52,16 @@ def test_a_plan_that_deletes_a_protected_model_is_not_saved_and_a_printed_one_is
     # `plan --json` still prints the plan (exit 1); carried out as a plan file, it is refused.
     r = run_cli(protected, "plan", "--json")
     assert r.code == 1 and '"delete_model"' in r.out
+    printed = json.loads(r.out)
+    assert printed["errors"] == [f"shapes: lifecycle.prevent_destroy is set; {refusal}"]
     (protected / "printed.json").write_text(r.out)
     r = run_cli(protected, "apply", "printed.json")
     assert r.code == 1 and f"shapes: lifecycle.prevent_destroy is set; {refusal}" in r.err
-    assert "Apply complete" not in r.out
+    assert "printed.json: the plan has errors" in r.err and "Apply complete" not in r.out
+    # With its errors edited out, the rule is checked again against the spec and the state.
+    (protected / "edited.json").write_text(json.dumps({**printed, "errors": []}))
+    r = run_cli(protected, "apply", "edited.json")
+    assert r.code == 1 and r.err.strip() == f"Error: shapes: lifecycle.prevent_destroy is set; {refusal}"
     assert_model_intact(protected, applied_text)
 
 
@@ -134,3 +141,25 @@ def test_plan_out_never_writes_into_the_state_directory_and_a_plan_is_never_read
     state.write_bytes((project / "saved.json").read_bytes())  # copied over by hand
     r = run_cli(project, "plan")
     assert r.code == 1 and "a saved plan, not a modelsync state" in r.err
+
+
+def test_apply_and_destroy_without_a_spec_leave_nothing_behind(tmp_path: Path):
+    for command in ("apply", "destroy"):
+        r = run_cli(tmp_path, command, "--auto-approve")
+        assert r.code == 1 and "modelsync.yaml: no such file" in r.err
+    assert list(tmp_path.iterdir()) == []  # no .modelsync/state.lock
+
+
+def test_serve_on_a_port_in_use_is_one_error_line_and_creates_nothing(tmp_path: Path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        r = run_cli(tmp_path, "serve", "--port", port, "--data", "srv", "--key", "k")
+    assert r.code == 1 and r.err.startswith(f"Error: --host 127.0.0.1 --port {port}: cannot listen there")
+    assert len(r.err.strip().splitlines()) == 1 and not (tmp_path / "srv").exists()
+    (tmp_path / "file").write_text("x")
+    r = run_cli(tmp_path, "serve", "--port", "0", "--data", "file", "--key", "k")
+    assert r.code == 1 and r.err.strip().endswith("file: not a directory")

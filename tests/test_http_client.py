@@ -173,6 +173,12 @@ def test_errors_are_one_line_with_vendor_text_and_no_key():
     assert "\n" not in msg and KEY not in msg
     with pytest.raises(NotFound):
         client_for(Script(404)).request("GET", "/jobs/9", operation="job status")
+    page = httpx.Response(404, text="<!DOCTYPE HTML>\n<html><title>Error response</title></html>")
+    with pytest.raises(NotFound) as exc:  # base_url pointing at some web server, not the vendor
+        client_for(Script(page)).request("GET", "/models", operation="list models")
+    assert str(exc.value) == (
+        "acme list models: answered with an HTML page, not the vendor's JSON: check the provider's base_url (HTTP 404)"
+    )
 
 
 def test_gives_up_after_max_retries():

@@ -36,8 +36,11 @@ def error_text(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
-        text = response.text.strip().splitlines()
-        return text[0][:200] if text else (response.reason_phrase or "error")
+        text = response.text.strip()
+        if text.startswith("<"):  # a web server's page: not this vendor's API at all
+            return "answered with an HTML page, not the vendor's JSON: check the provider's base_url"
+        lines = text.splitlines()
+        return lines[0][:200] if lines else (response.reason_phrase or "error")
     if isinstance(body, dict):
         for key in ("error", "message", "detail", "errors"):
             value = body.get(key)
