@@ -378,6 +378,8 @@ class Applier:
             "dataset_digest": v.dataset_digest or op.dataset_digest,
             "config_digest": v.config_digest or op.config_digest,
             "config": dict(op.config or {}),
+            "model_type": op.model_type,
+            "base": op.base,
             "trained_at": v.trained_at,
             "metrics": v.metrics,
         }

@@ -16,6 +16,7 @@ from reconciler.model import (
     DesiredModel,
     RemoteModel,
     RemoteSample,
+    TrainingSettings,
     dataset_digest,
 )
 from reconciler.providers import base as caps
@@ -354,6 +355,7 @@ def _latest_version(remote: RemoteModel | None, mstate: ModelState | None) -> di
                 "dataset_digest": v.dataset_digest or rec.get("dataset_digest"),
                 "config_digest": v.config_digest or rec.get("config_digest"),
                 "config": rec.get("config"),
+                **{k: rec[k] for k in ("model_type", "base") if k in rec},
             }
     if mstate and mstate.versions:
         return mstate.versions[0]
@@ -604,7 +606,7 @@ def _training_ops(
             model_type=t.model_type,
             base=t.base,
             config=dict(t.config),
-            reason=_train_reason(decision, t.config, added, removed),
+            reason=_train_reason(decision, t, added, removed),
         )
     )
     return ops, decision
@@ -641,8 +643,9 @@ def _train_decision(
     return None
 
 
-def _train_reason(decision: TrainDecision, config: dict[str, Any], added: int, removed: int) -> str:
-    """The train op's reason: each of dataset and config that changed, with what changed."""
+def _train_reason(decision: TrainDecision, training: TrainingSettings, added: int, removed: int) -> str:
+    """The train op's reason: each of dataset and config that changed, with what changed (the
+    config's keys, and model_type and base where the state recorded what they were)."""
     latest = decision.latest
     if latest is None:
         return NEVER_TRAINED
@@ -659,7 +662,11 @@ def _train_reason(decision: TrainDecision, config: dict[str, Any], added: int, r
         reason = f"dataset {_short(latest.get('dataset_digest'))} -> {_short(decision.dataset_digest)}"
         parts.append(reason + (f", {detail}" if detail else ""))
     if decision.config_changed:
-        changes = config_changes(latest.get("config"), config) if latest.get("config") is not None else ()
+        config = training.config
+        changes = list(config_changes(latest.get("config"), config) if latest.get("config") is not None else ())
+        for name, now in (("model_type", training.model_type), ("base", training.base)):
+            if name in latest and latest[name] != now:
+                changes.append(f"{name}: {latest[name]!r} -> {now!r}")
         reason = f"config {_short(latest.get('config_digest'))} -> {_short(decision.config_digest)}"
         parts.append(reason + (": " + "; ".join(changes) if changes else ""))
     return "; ".join(parts)

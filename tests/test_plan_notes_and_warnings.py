@@ -84,3 +84,13 @@ def test_train_reason_names_both_a_dataset_and_a_config_change(applied: Path):
     assert train["previous_config_digest"] != train["config_digest"]
     r = run_cli(applied, "plan")
     assert f"~ train shapes ({train['reason']})" in r.out
+
+
+def test_a_model_type_change_is_named_in_the_train_reason(applied: Path):
+    spec = applied / "modelsync.yaml"
+    text = spec.read_text()
+    assert "model_type: small" in text
+    spec.write_text(text.replace("model_type: small", "model_type: medium"))
+    ops = run_cli(applied, "plan", "--json").json()["operations"]
+    (train,) = [o for o in ops if o["op"] == "train"]
+    assert train["reason"].endswith(": model_type: 'small' -> 'medium'"), train["reason"]
