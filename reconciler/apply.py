@@ -132,7 +132,11 @@ class Applier:
             rid = refreshed.remote_id(key)
             if rid:
                 self._remote_ids[key] = rid
-        self._url_cache = None
+        from reconciler.fetch import UrlCache
+
+        # Made here, not on first use: apply's workers would race to make one each (its HTTP
+        # client is made only if a URL's bytes must be fetched again).
+        self._url_cache = UrlCache(self.ws.project_dir / ".modelsync" / "cache" / "urls")
 
     # -- driver ------------------------------------------------------------------
     def run(self, plan: Plan) -> ApplyResult:
@@ -153,11 +157,10 @@ class Applier:
                 handler: Callable[[Operation], None] = getattr(self, f"_do_{name}")
                 self._run_phase(handler, ops)
         finally:
+            self._url_cache.close()  # the phases' pools are done: no fetch is running
             self._remember_lifecycle()
             self._save(force=True)
             self.reporter.done()
-            if self._url_cache is not None:
-                self._url_cache.close()
         return self.result
 
     def _remember_lifecycle(self) -> None:
@@ -392,10 +395,6 @@ class Applier:
     def _read_source(self, op: Operation) -> bytes:
         source = op.source or ""
         if is_url(source):
-            from reconciler.fetch import UrlCache
-
-            if self._url_cache is None:
-                self._url_cache = UrlCache(self.ws.project_dir / ".modelsync" / "cache" / "urls")
             return self._url_cache.read(source, op.digest or "")
         path = self.ws.project_dir / source
         data = path.read_bytes()

@@ -501,17 +501,23 @@ def serve(
             keys.update(load_keys_file(keys_file))
     except (OSError, ValueError) as exc:
         raise UserError(f"--keys-file: {exc}") from None
-    _check_can_listen(host, port)
     data = _in_project(ctx, data)
     if data.exists() and not data.is_dir():
         raise UserError(f"--data {data}: not a directory")
+    sock = _listening_socket(host, port)
     try:
         data.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        sock.close()
         raise UserError(f"--data {data}: cannot create the data directory ({exc.strerror or exc})") from None
     if not os.access(data, os.W_OK):
+        sock.close()
         raise UserError(f"--data {data}: the data directory is not writable")
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"modelsync serve: listening on http://{shown}:{bound} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     run(
+        sock=sock,
         host=host,
         port=port,
         data_dir=str(data),
@@ -524,21 +530,26 @@ def serve(
     )
 
 
-def _check_can_listen(host: str, port: int) -> None:
-    """Bind ``host:port`` once, before anything is created: a port in use or an address this
-    machine does not have is one Error: line and exit 1, not uvicorn's log and exit 3."""
+def _listening_socket(host: str, port: int) -> Any:
+    """The server's socket, bound and listening before anything is created, as uvicorn binds its
+    own (IPv6 for a host with a colon, else IPv4): a port in use or an address this machine does
+    not have is one Error: line and exit 1, not uvicorn's log and exit 3. Handed to uvicorn, so
+    no other process can take the port in between."""
     import socket
 
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
     except socket.gaierror as exc:
+        sock.close()
         raise UserError(f"--host {host}: {exc.strerror}") from None
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise UserError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
+    return sock
 
 
 # --------------------------------------------------------------------------- entry point

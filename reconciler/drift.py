@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from reconciler.engine import capabilities, check_spec, resolve_spec
-from reconciler.model import DesiredModel, RemoteModel, RemoteSample
-from reconciler.plan import NEVER_TRAINED, ModelPlan, adopted_samples, plan_model, plural, with_state_uids
+from reconciler.model import RemoteModel
+from reconciler.plan import NEVER_TRAINED, ModelPlan, plan_model, plural, samples_with_uids
 from reconciler.providers.base import CAP_DELETE_CLASS
 from reconciler.refresh import identities, refresh
-from reconciler.state import ModelState, load_state
+from reconciler.state import load_state
 from reconciler.workspace import Workspace
 
 
@@ -31,7 +30,7 @@ def compute_drift(ws: Workspace, targets: tuple[str, ...] = ()) -> dict[str, Any
             models[key] = entry
             continue
         entry["remote"] = "present"
-        samples = _with_uids(desired, remote, mstate, caps[desired.provider])
+        samples = samples_with_uids(desired, remote, mstate, caps[desired.provider])
         remote_uids = {s.uid for s in samples if s.uid}
         known = {u for u, v in (mstate.samples.items() if mstate else []) if not v.get("pending")}
         entry["not_uploaded"] = len(set(desired.samples) - remote_uids)
@@ -67,18 +66,6 @@ def compute_drift(ws: Workspace, targets: tuple[str, ...] = ()) -> dict[str, Any
         models[key] = {"remote": "missing", "note": "in the state but removed from the remote"}
     in_sync = all(_in_sync(m) for m in models.values())
     return {"in_sync": in_sync, "models": models}
-
-
-def _with_uids(
-    desired: DesiredModel, remote: RemoteModel, mstate: ModelState | None, capabilities: frozenset[str]
-) -> list[RemoteSample]:
-    """The remote samples with the uids plan gives them: from the state, else, for a vendor that
-    keeps no uid, by matching class and bytes (adopted_samples), as plan does after a lost state."""
-    samples = with_state_uids(remote, mstate)
-    adopted = {s.remote_id: uid for uid, s in adopted_samples(desired, remote, mstate, capabilities).items()}
-    if not adopted:
-        return samples
-    return [replace(s, uid=adopted[s.remote_id]) if s.uid is None and s.remote_id in adopted else s for s in samples]
 
 
 def training_drift(found: ModelPlan, remote: RemoteModel) -> dict[str, Any] | None:

@@ -32,6 +32,14 @@ def fetch_url(url: str) -> bytes:
         return _download(client, url, {})[0]
 
 
+def _no_cookies() -> Any:
+    """A cookie jar that keeps nothing: one URL's Set-Cookie must not change another's answer
+    (each fetch used to have a client of its own)."""
+    from http.cookiejar import CookieJar, DefaultCookiePolicy
+
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+
+
 def _download(client: Any, url: str, headers: dict[str, str]) -> tuple[bytes, dict[str, str], int]:
     """GET ``url`` (conditionally, with ``headers``): its bytes, headers and status (304: no body)."""
     import httpx
@@ -140,11 +148,12 @@ class UrlCache:
             if self._client is None:
                 import httpx
 
-                self._client = httpx.Client(timeout=TIMEOUT_SECONDS, follow_redirects=True)
+                self._client = httpx.Client(timeout=TIMEOUT_SECONDS, follow_redirects=True, cookies=_no_cookies())
             client = self._client
         return _download(client, url, headers)
 
     def close(self) -> None:
+        """Close the shared client; only when no download is running (a new one is made if needed)."""
         with self._lock:
             if self._client is not None:
                 self._client.close()

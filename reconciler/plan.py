@@ -241,6 +241,20 @@ def adopted_samples(
     return _match_foreign(desired, with_state_uids(remote, mstate), capabilities)
 
 
+def samples_with_uids(
+    desired: DesiredModel, remote: RemoteModel, mstate: ModelState | None, capabilities: frozenset[str]
+) -> list[RemoteSample]:
+    """The remote samples with the uids plan (and status) give them: from the state, else, for a
+    vendor that keeps no uid, by class and bytes (adopted_samples)."""
+    samples = with_state_uids(remote, mstate)
+    adopted = _match_foreign(desired, samples, capabilities)
+    if not adopted:
+        return samples
+    by_remote_id = {s.remote_id: uid for uid, s in adopted.items()}
+    return [replace(s, uid=by_remote_id[s.remote_id]) if s.uid is None and s.remote_id in by_remote_id else s
+            for s in samples]
+
+
 def _match_foreign(
     desired: DesiredModel, samples: list[RemoteSample], capabilities: frozenset[str]
 ) -> dict[str, RemoteSample]:
@@ -402,14 +416,7 @@ def plan_model(
         remote_samples: list[RemoteSample] = []
         remote_classes: dict[str, str] = {}
     else:
-        remote_samples = with_state_uids(remote, mstate)
-        adopted = _match_foreign(desired, remote_samples, capabilities)
-        if adopted:
-            by_remote_id = {s.remote_id: uid for uid, s in adopted.items()}
-            remote_samples = [
-                replace(s, uid=by_remote_id[s.remote_id]) if s.uid is None and s.remote_id in by_remote_id else s
-                for s in remote_samples
-            ]
+        remote_samples = samples_with_uids(desired, remote, mstate, capabilities)
         remote_classes = remote.classes
 
     by_uid, copies, foreign = _group_by_uid(remote_samples)

@@ -37,8 +37,10 @@ def error_text(response: httpx.Response) -> str:
         body = response.json()
     except ValueError:
         text = response.text.strip()
-        if text.startswith("<"):  # a web server's page: not this vendor's API at all
-            return "answered with an HTML page, not the vendor's JSON: check the provider's base_url"
+        if _is_html(text):  # a web server's page, not the vendor's JSON
+            if response.status_code in (404, 405):  # no such route: most likely not the vendor's API
+                return "answered with an HTML page, not the vendor's JSON: check the provider's base_url"
+            return f"{response.reason_phrase or 'error'} (an HTML page, not the vendor's JSON)"
         lines = text.splitlines()
         return lines[0][:200] if lines else (response.reason_phrase or "error")
     if isinstance(body, dict):
@@ -49,6 +51,11 @@ def error_text(response: httpx.Response) -> str:
             if isinstance(value, dict | list) and value:
                 return str(value)[:200]
     return (response.reason_phrase or "error") if not isinstance(body, str) else body[:200]
+
+
+def _is_html(text: str) -> bool:
+    head = text[:64].lower()
+    return head.startswith(("<!doctype html", "<html")) or "<html" in head
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
@@ -236,4 +243,5 @@ class HttpClient:
         try:
             return response.json()
         except ValueError:
-            raise self.error(operation, "answer is not JSON", response.status_code) from None
+            what = "an HTML page: check the provider's base_url" if _is_html(response.text.strip()) else "not JSON"
+            raise self.error(operation, f"answer is {what}", response.status_code) from None
