@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,6 +54,15 @@ def spawn_cli(cwd: Path, *args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
         cli_command(cwd, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs
     )
+
+
+@pytest.fixture
+def applied(tmp_path: Path) -> Path:
+    """A copy of the quickstart, applied once on the embedded backend (a module may define its own)."""
+    project = copy_quickstart(tmp_path / "quickstart")
+    r = run_cli(project, "apply", "--auto-approve")
+    assert r.code == 0, r.err
+    return project
 
 
 def copy_quickstart(dest: Path) -> Path:

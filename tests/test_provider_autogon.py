@@ -210,6 +210,21 @@ def test_prediction_from_answer():
     assert prediction_from("cls", [{"lbl": "cat", "conf": 0.7, "bbx": None}]).boxes == ()
 
 
+def served_scenes(tmp_path: Path, static_files, monkeypatch, *, seed: int, count: int) -> tuple[str, Path]:
+    """``count`` scenes s0.png... on a loopback file server, the test key in the environment,
+    and an empty project directory: (the files' base URL, the project)."""
+    rng = random.Random(seed)
+    scenes_dir = tmp_path / "scenes"
+    scenes_dir.mkdir()
+    base = static_files(scenes_dir)
+    for i in range(count):
+        (scenes_dir / f"s{i}.png").write_bytes(scene(rng)[0])
+    monkeypatch.setenv("AUTOGON_TEST_KEY", KEY_A)
+    project = tmp_path / "proj"
+    project.mkdir()
+    return base, project
+
+
 def write_boxes_spec(project: Path, base_url: str, settings: str, samples: str) -> None:
     """A spec with one Autogon model `boxes` (class square), its key read from AUTOGON_TEST_KEY."""
     (project / "modelsync.yaml").write_text(
@@ -262,15 +277,7 @@ def test_a_lost_state_adopts_the_uploaded_images_instead_of_copying_them(
     remote images to declared ones by class and URL, and apply records them, so that
     undeclaring one afterwards removes it."""
     server = serve_thread(keys=KEYS, rate_limit=None, total_rate_limit=None, allow_private_urls=True)
-    rng = random.Random(5)
-    scenes_dir = tmp_path / "scenes"
-    scenes_dir.mkdir()
-    base = static_files(scenes_dir)
-    for i in range(7):
-        (scenes_dir / f"s{i}.png").write_bytes(scene(rng)[0])
-    monkeypatch.setenv("AUTOGON_TEST_KEY", KEY_A)
-    project = tmp_path / "proj"
-    project.mkdir()
+    base, project = served_scenes(tmp_path, static_files, monkeypatch, seed=5, count=7)
 
     def write_spec(count: int) -> None:
         samples = "".join(f"          - url: {base}/s{i}.png\n" for i in range(count))
@@ -320,15 +327,7 @@ def test_status_is_in_sync_after_a_class_rename_that_leaves_an_empty_class(
     """Autogon cannot delete a class: renaming one empties the old class, which stays on the
     project. plan has nothing left to do, and status must not call that drift forever."""
     server = serve_thread(keys=KEYS, rate_limit=None, total_rate_limit=None, allow_private_urls=True)
-    rng = random.Random(6)
-    scenes_dir = tmp_path / "scenes"
-    scenes_dir.mkdir()
-    base = static_files(scenes_dir)
-    for i in range(3):
-        (scenes_dir / f"s{i}.png").write_bytes(scene(rng)[0])
-    monkeypatch.setenv("AUTOGON_TEST_KEY", KEY_A)
-    project = tmp_path / "proj"
-    project.mkdir()
+    base, project = served_scenes(tmp_path, static_files, monkeypatch, seed=6, count=3)
     samples = "".join(f"          - url: {base}/s{i}.png\n" for i in range(3))
     settings = "    purpose: classification\n    training: {auto: false}\n"
     write_boxes_spec(project, server.base_url, settings, samples)

@@ -5,17 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from tests.cli_helpers import copy_quickstart, make_png, run_cli
-
-
-@pytest.fixture
-def applied(tmp_path: Path) -> Path:
-    project = copy_quickstart(tmp_path / "quickstart")
-    r = run_cli(project, "apply", "--auto-approve")
-    assert r.code == 0, r.err
-    return project
+from tests.cli_helpers import make_png, run_cli
 
 
 def set_learning_rate(project: Path, value: str) -> None:
