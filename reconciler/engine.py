@@ -223,9 +223,9 @@ def _check_fresh(ws: Workspace, plan: Plan, progress) -> Planned:
 def protected_deletes(ws: Workspace, plan: Plan, state: State) -> list[str]:
     """A saved plan's deletes of models under ``lifecycle.prevent_destroy``, as errors.
 
-    A plan file records no errors: one printed with ``plan --json`` despite them (exit 1), or
-    written by hand, must still not delete a protected model. Protected: so declared in the
-    spec, or so recorded in the state (a model since dropped from the spec keeps its rule)."""
+    apply refuses a plan file that carries errors; this catches one whose errors were edited
+    out, or one written by hand. Protected: so declared in the spec, or so recorded in the state
+    (a model since dropped from the spec keeps its rule), as build_plan decides it."""
     out = []
     for op in plan.operations:
         if op.op != "delete_model":

@@ -65,12 +65,6 @@ class NotAnImageError(Exception):
 HashError = OSError | NotAnImageError  # why a file has no digest
 
 
-def is_image_head(head: bytes) -> bool:
-    """Whether a file's first bytes (at least 32 of them, or all of a shorter file) announce
-    an accepted image format. Magic bytes only: a damaged image still fails at upload."""
-    return sniff(head) is not None
-
-
 def hash_image(path: str) -> str:
     """sha256 of an image file's bytes as ``sha256:<hex>``; NotAnImageError (without reading
     further) when its first chunk is not an accepted image format."""
@@ -78,7 +72,7 @@ def hash_image(path: str) -> str:
     fd = os.open(path, os.O_RDONLY)
     try:
         chunk = os.read(fd, _CHUNK)
-        if not is_image_head(chunk):
+        if sniff(chunk) is None:  # magic bytes only: a damaged image still fails at upload
             raise NotAnImageError(path)
         while chunk:
             h.update(chunk)
